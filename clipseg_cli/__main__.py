@@ -1,0 +1,3 @@
+from clipseg_cli.cli import main
+
+main()

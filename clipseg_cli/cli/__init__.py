@@ -1,0 +1,66 @@
+"""The `wsss-label` command line: a Typer app whose default command is `label`.
+
+Each sub-command lives in its own module with a ``register(app)`` function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+import typer
+
+from clipseg_cli import __version__
+
+COMMAND_MODULES = ("label", "evaluate", "sharpness", "retrain")
+DEFAULT_COMMAND = "label"
+
+app = typer.Typer(
+    name="wsss-label",
+    help="Pixel pseudo masks from image-level labels with a frozen CLIP (CLIP-ES), no training.\n\n"
+    "Run `wsss-label IMAGES --labels LABELS --out OUT` (same as `wsss-label label ...`).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wsss-label {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Pixel pseudo masks from image-level labels with a frozen CLIP (CLIP-ES)."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"clipseg_cli.cli.cmd_{_name}").register(app)
+
+
+def _command_names() -> set[str]:
+    names = set()
+    for info in app.registered_commands:
+        names.add(info.name or info.callback.__name__.replace("_", "-"))
+    for group in app.registered_groups:
+        names.add(group.name or "")
+    return names
+
+
+def route_default(argv: Sequence[str]) -> list[str]:
+    """`wsss-label IMAGES ...` means `wsss-label label IMAGES ...`."""
+    args = list(argv)
+    if args and not args[0].startswith("-") and args[0] not in _command_names():
+        return [DEFAULT_COMMAND, *args]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = route_default(sys.argv[1:] if argv is None else argv)
+    app(args=args, prog_name="wsss-label")

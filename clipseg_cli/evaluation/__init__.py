@@ -1,0 +1,1 @@
+"""Scoring masks and CAMs against ground truth: confusion matrix, mIoU, threshold sweeps."""

@@ -1,0 +1,56 @@
+"""Atomic file writes: a reader never sees a half-written file, Ctrl-C leaves none behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+    write_bytes(dest, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_npz(dest: str | os.PathLike[str], **arrays: np.ndarray) -> None:
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def remove_stale_parts(folder: str | os.PathLike[str]) -> int:
+    """Delete ``*.part`` leftovers of a killed process; returns how many were removed."""
+    count = 0
+    root = Path(folder)
+    if root.is_dir():
+        for part in root.rglob(".*.part"):
+            with contextlib.suppress(OSError):
+                part.unlink()
+                count += 1
+    return count

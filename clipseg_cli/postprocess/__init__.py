@@ -1,0 +1,1 @@
+"""Turning class probabilities into label maps: dense CRF and confidence thresholding."""

@@ -1,0 +1,1 @@
+"""Data files: class sets, background sets and prompt templates (installed as clipseg_cli.prompts)."""
