@@ -1,0 +1,134 @@
+"""The CLIP-ES predictor: one RGB image and its labels in, CAMs, refined CAMs and a mask out.
+
+A thin API over the model (in the spirit of segment-anything's predictor); the CLI's
+runner only adds files, resuming and reporting around it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from clipseg_cli.cam.caa import affinity_from_attention, refine_cams
+from clipseg_cli.cam.gradcam import SoftmaxGradCAM, run_frozen_blocks
+from clipseg_cli.cam.normalize import resize_maps
+from clipseg_cli.cam.preprocess import limit_side, to_clip_tensor
+from clipseg_cli.clip.model import CLIP
+from clipseg_cli.clip.text import TextEncoder
+from clipseg_cli.data.classes import ClassSet
+from clipseg_cli.postprocess.crf import CRFParams, dense_crf
+from clipseg_cli.postprocess.labelmap import label_map
+
+SynonymMode = Literal["sentence", "feature", "cam"]
+SYNONYM_MODES = ("sentence", "feature", "cam")
+DEFAULT_TEMPLATE = "a clean origami {}."
+
+
+@dataclass(frozen=True)
+class CLIPESSettings:
+    templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+    synonyms: SynonymMode = "sentence"
+    lam: float = 0.4
+    mu: float = 0.95
+    crf: bool = True
+    max_side: int | None = 1024
+    crf_params: CRFParams = field(default_factory=CRFParams)
+
+
+@dataclass
+class LabelResult:
+    """Outputs at the image's original size; ``labels`` are class indices in CAM channel order."""
+
+    labels: list[int]
+    cam: np.ndarray  # (K, H, W) float32
+    refined: np.ndarray  # (K, H, W) float32
+    mask: np.ndarray  # (H, W) uint8: 0 background, 1 + c, 255 below mu
+    confidence: np.ndarray | None  # (H, W) float32, when the CRF ran
+    seconds: dict[str, float]
+
+
+class CLIPESPredictor:
+    def __init__(self, model: CLIP, class_set: ClassSet, settings: CLIPESSettings) -> None:
+        self.model = model
+        self.class_set = class_set
+        self.settings = settings
+        self.text = TextEncoder(model, settings.templates)
+        self.gradcam = SoftmaxGradCAM()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    def _class_groups(self, labels: Sequence[int]) -> list[list[str]]:
+        """Per label, the texts whose CAMs make the label's CAM (one unless synonyms=cam)."""
+        if self.settings.synonyms == "cam":
+            return [list(self.class_set.synonyms[c]) for c in labels]
+        return [[self.class_set.prompts[c]] for c in labels]
+
+    def text_set(self, labels: Sequence[int]) -> tuple[torch.Tensor, list[list[int]]]:
+        """Features of [the image's labels, in order] + [the background set], and per label its rows."""
+        mode = self.settings.synonyms
+        if mode == "feature":
+            fg = self.text.encode_groups([self.class_set.synonyms[c] for c in labels])
+            rows = [[i] for i in range(len(labels))]
+        else:
+            groups = self._class_groups(labels)
+            fg = self.text.encode([t for g in groups for t in g])
+            rows, start = [], 0
+            for g in groups:
+                rows.append(list(range(start, start + len(g))))
+                start += len(g)
+        bg = self.text.encode(list(self.class_set.background))
+        return torch.cat([fg, bg]), rows
+
+    def grid_cams(self, image: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(K, h', w') CAMs and CAA-refined CAMs on the patch grid for an RGB uint8 image."""
+        tensor = to_clip_tensor(image, self.model.visual.patch_size).to(self.device)
+        frozen = run_frozen_blocks(self.model.visual, tensor)
+        features, rows = self.text_set(labels)
+        targets = [r for group in rows for r in group]
+        cams, last_attention = self.gradcam(self.model.visual, frozen, features, self.model.logit_scale, targets)
+        if self.settings.synonyms == "cam":
+            offsets = np.cumsum([0] + [len(g) for g in rows])
+            cams = np.stack([cams[a:b].max(axis=0) for a, b in zip(offsets[:-1], offsets[1:])])
+        affinity = affinity_from_attention([*frozen.attention, last_attention])
+        refined = refine_cams(affinity, cams, self.settings.lam)
+        return cams, refined
+
+    def predict(self, image: np.ndarray, labels: Sequence[int]) -> LabelResult:
+        """CAM, CAA and (optionally) CRF for one RGB uint8 image of any size."""
+        height, width = image.shape[:2]
+        start = time.perf_counter()
+        work = limit_side(image, self.settings.max_side)
+        with torch.inference_mode(False):
+            grid_cam, grid_refined = self.grid_cams(work, labels)
+        cam = resize_maps(grid_cam, height, width)
+        refined = resize_maps(grid_refined, height, width)
+        t_cam = time.perf_counter()
+        work_refined = refined if work.shape == image.shape else resize_maps(grid_refined, *work.shape[:2])
+        mask, confidence = self.mask_from_refined(work, work_refined, labels)
+        if work.shape != image.shape:
+            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+            if confidence is not None:
+                confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
+        end = time.perf_counter()
+        seconds = {"cam": t_cam - start, "crf": end - t_cam, "total": end - start}
+        return LabelResult(list(labels), cam, refined, mask, confidence, seconds)
+
+    def mask_from_refined(
+        self, image: np.ndarray, refined: np.ndarray, labels: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Background = 1 - max refined; CRF + confidence threshold, or a plain argmax without CRF."""
+        keys = [0, *(1 + c for c in labels)]
+        background = 1.0 - (refined.max(axis=0) if len(labels) else np.zeros(image.shape[:2], np.float32))
+        probs = np.concatenate([background[None], refined]).astype(np.float32)
+        if not self.settings.crf:
+            mask, _ = label_map(probs, keys)
+            return mask, None
+        q = dense_crf(image, probs, self.settings.crf_params)
+        return label_map(q, keys, self.settings.mu)

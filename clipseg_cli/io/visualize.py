@@ -1,0 +1,62 @@
+"""Review pictures: image | mask overlay | one CAM heat map per label, side by side."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from clipseg_cli.io.atomic import write_bytes
+from clipseg_cli.io.masks import IGNORE_LABEL, voc_palette
+
+TILE_HEIGHT = 320
+
+
+def colorize_mask(mask: np.ndarray) -> np.ndarray:
+    """(H, W) label map -> (H, W, 3) RGB in the VOC palette."""
+    return voc_palette()[mask]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the palette colours over the image; background stays as it is, ignored pixels are grey-white."""
+    colours = colorize_mask(mask).astype(np.float32)
+    out = image.astype(np.float32)
+    painted = mask != 0
+    out[painted] = (1 - alpha) * out[painted] + alpha * colours[painted]
+    out[mask == IGNORE_LABEL] = 0.3 * out[mask == IGNORE_LABEL] + 0.7 * 224
+    return out.astype(np.uint8)
+
+
+def heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    jet = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return (0.5 * image + 0.5 * cv2.cvtColor(jet, cv2.COLOR_BGR2RGB)).astype(np.uint8)
+
+
+def _tile(rgb: np.ndarray, caption: str) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    scale = TILE_HEIGHT / height
+    tile = cv2.resize(rgb, (max(1, round(width * scale)), TILE_HEIGHT), interpolation=cv2.INTER_AREA)
+    bar = np.full((24, tile.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, caption, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([bar, tile], axis=0)
+
+
+def compose(image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    tiles = [_tile(image, "image"), _tile(overlay(image, mask), "mask")]
+    tiles += [_tile(heatmap(image, cam), f"CAM {name}") for cam, name in zip(cams, names)]
+    gap = np.full((TILE_HEIGHT + 24, 4, 3), 255, np.uint8)
+    row = [tiles[0]]
+    for t in tiles[1:]:
+        row += [gap, t]
+    return np.concatenate(row, axis=1)
+
+
+def save_visualization(
+    dest: str | os.PathLike[str], image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str]
+) -> None:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(compose(image, mask, cams, names), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError("PNG encoding failed")
+    write_bytes(dest, data.tobytes())

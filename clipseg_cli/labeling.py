@@ -1,0 +1,226 @@
+"""The labelling job: which images to do, doing them, writing outputs and ``run.json``.
+
+Every output is written atomically, the mask last, so an existing mask means the image
+is finished: a rerun (without --overwrite) skips it and so resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import posixpath
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from clipseg_cli.cam.pipeline import CLIPESPredictor, LabelResult
+from clipseg_cli.data.classes import ClassSet
+from clipseg_cli.data.images import IMAGE_EXTENSIONS, find_images, load_rgb
+from clipseg_cli.data.labels import LabelIndex
+from clipseg_cli.errors import ConfigError, ImageError
+from clipseg_cli.io.atomic import remove_stale_parts, write_json, write_npz
+from clipseg_cli.io.masks import save_mask
+from clipseg_cli.io.visualize import save_visualization
+
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    rel: str  # path relative to the image folder, POSIX
+    labels: tuple[int, ...]  # class indices in CAM channel order
+    names: tuple[str, ...]
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.rel)[0]
+
+
+@dataclass
+class Plan:
+    todo: list[WorkItem] = field(default_factory=list)
+    done: list[WorkItem] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: Path
+
+    def mask(self, item: WorkItem) -> Path:
+        return self.root / "masks" / f"{item.stem}.png"
+
+    def cams(self, item: WorkItem) -> Path:
+        return self.root / "cams" / f"{item.stem}.npz"
+
+    def visual(self, item: WorkItem) -> Path:
+        return self.root / "vis" / f"{item.stem}.png"
+
+    @property
+    def run_file(self) -> Path:
+        return self.root / RUN_FILE
+
+
+def resolve_labels(names: Iterable[str], class_set: ClassSet, image: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    indices: list[int] = []
+    for name in names:
+        if not class_set.has(name):
+            valid = ", ".join(class_set.classes)
+            raise ConfigError(f"unknown class {name!r} for image {image}; valid classes: {valid}")
+        index = class_set.index(name)
+        if index not in indices:
+            indices.append(index)
+    return tuple(indices), tuple(class_set.classes[i] for i in indices)
+
+
+def make_plan(
+    images_root: Path,
+    labels: LabelIndex,
+    class_set: ClassSet,
+    layout: OutputLayout,
+    overwrite: bool,
+    need_cams: bool,
+) -> Plan:
+    """Pair images with labels. Unknown class names are a ConfigError (nothing is done)."""
+    plan = Plan()
+    found = find_images(images_root, exclude=layout.root)
+    used_keys: set[str] = set()
+    outputs: dict[str, str] = {}
+    for rel in found:
+        key = labels.key_for(rel)
+        if key is None:
+            plan.skipped.append({"image": rel, "reason": "no labels"})
+            continue
+        used_keys.add(key)
+        indices, names = resolve_labels(labels.labels[key], class_set, rel)
+        if not indices:
+            plan.skipped.append({"image": rel, "reason": "empty label list"})
+            continue
+        item = WorkItem(rel, indices, names)
+        if item.stem in outputs:
+            plan.failed.append({"image": rel, "reason": f"same output name as {outputs[item.stem]}"})
+            continue
+        outputs[item.stem] = rel
+        finished = layout.mask(item).is_file() and (not need_cams or layout.cams(item).is_file())
+        (plan.done if finished and not overwrite else plan.todo).append(item)
+    for key, names in labels.labels.items():
+        if key in used_keys:
+            continue
+        resolve_labels(names, class_set, key)
+        path = images_root / key
+        if path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS:
+            reason = f"not a supported image type ({path.suffix or 'no extension'})"
+        else:
+            reason = "listed in labels but the file is missing"
+        plan.failed.append({"image": key, "reason": reason})
+    return plan
+
+
+@dataclass
+class LabelJob:
+    images_root: Path
+    layout: OutputLayout
+    predictor: CLIPESPredictor
+    save_cams: bool = False
+    visualize: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def process(self, item: WorkItem) -> LabelResult:
+        """Label one image and write its files (mask last)."""
+        image = load_rgb(self.images_root / item.rel)
+        result = self.predictor.predict(image, item.labels)
+        if self.save_cams:
+            arrays: dict[str, np.ndarray] = {
+                "labels": np.asarray(item.labels, dtype=np.int64),
+                "cam": result.cam.astype(np.float32),
+                "refined": result.refined.astype(np.float32),
+            }
+            if result.confidence is not None:
+                arrays["confidence"] = result.confidence.astype(np.float16)
+            write_npz(self.layout.cams(item), **arrays)
+        if self.visualize:
+            save_visualization(self.layout.visual(item), image, result.mask, result.refined, item.names)
+        save_mask(self.layout.mask(item), result.mask)
+        return result
+
+    def run(self, plan: Plan, on_progress: Callable[[WorkItem], None] | None = None) -> dict[str, Any]:
+        """Process the plan's images; returns the run summary (also written as run.json)."""
+        remove_stale_parts(self.layout.root)
+        previous = _previous_entries(self.layout.run_file)
+        entries = {
+            item.rel: previous.get(item.rel) or {"image": item.rel, "labels": list(item.names), "seconds": None}
+            for item in plan.done
+        }
+        failed = list(plan.failed)
+        processed = 0
+        started = time.time()
+        interrupted = False
+        try:
+            for item in plan.todo:
+                try:
+                    result = self.process(item)
+                except ImageError as exc:
+                    failed.append({"image": item.rel, "reason": str(exc)})
+                except (RuntimeError, ValueError, MemoryError, OSError) as exc:
+                    failed.append({"image": item.rel, "reason": f"{type(exc).__name__}: {_first_line(exc)}"})
+                else:
+                    processed += 1
+                    entries[item.rel] = {
+                        "image": item.rel,
+                        "labels": list(item.names),
+                        "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
+                    }
+                if on_progress:
+                    on_progress(item)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            summary = self.summary(plan, entries, failed, processed, time.time() - started, interrupted)
+            write_json(self.layout.run_file, summary)
+        return summary
+
+    def summary(
+        self,
+        plan: Plan,
+        entries: dict[str, dict[str, Any]],
+        failed: list[dict[str, str]],
+        processed: int,
+        seconds: float,
+        interrupted: bool,
+    ) -> dict[str, Any]:
+        images = [entries[k] for k in sorted(entries)]
+        return {
+            "tool": "wsss-label",
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "interrupted": interrupted,
+            "settings": self.settings,
+            "counts": {
+                "labelled": len(images),
+                "processed_this_run": processed,
+                "already_done": len(plan.done),
+                "skipped": len(plan.skipped),
+                "failed": len(failed),
+            },
+            "seconds": round(seconds, 3),
+            "images": images,
+            "skipped": plan.skipped,
+            "failed": failed,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "no detail"
+
+
+def _previous_entries(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+        return {e["image"]: e for e in data.get("images", []) if isinstance(e, dict) and "image" in e}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
