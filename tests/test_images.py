@@ -70,3 +70,16 @@ def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
     os.umask(umask)
     assert mode == 0o666 & ~umask
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["f.bin"]
+
+
+def test_label_maps_with_values_above_255_are_refused(tmp_path: Path) -> None:
+    from clipseg_cli.io.masks import load_label_map, save_mask
+
+    Image.fromarray(np.array([[0, 300]], dtype=np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(ValueError, match="0..255"):
+        load_label_map(tmp_path / "deep.png")
+    Image.fromarray(np.array([[0, 200]], dtype=np.uint16)).save(tmp_path / "ok.png")
+    assert load_label_map(tmp_path / "ok.png").tolist() == [[0, 200]]
+    save_mask(tmp_path / "m.png", np.array([[0, 1, 255]], np.uint8))
+    assert Image.open(tmp_path / "m.png").mode == "P"
+    assert load_label_map(tmp_path / "m.png").tolist() == [[0, 1, 255]]

@@ -45,6 +45,9 @@ def save_mask(dest: str | os.PathLike[str], mask: np.ndarray) -> None:
 def load_label_map(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a label PNG: palette indices as they are, a plain grey image as values."""
     with Image.open(Path(path)) as img:
-        if img.mode in ("P", "L", "I", "I;16", "1"):
-            return np.asarray(img).astype(np.uint8) if img.mode != "1" else np.asarray(img, np.uint8)
-        raise ValueError(f"{path}: a label map must be a palette or greyscale PNG, not {img.mode}")
+        if img.mode not in ("P", "L", "I", "I;16", "1"):
+            raise ValueError(f"{path}: a label map must be a palette or greyscale PNG, not {img.mode}")
+        values = np.asarray(img)
+    if values.dtype != np.uint8 and values.size and (values.min() < 0 or values.max() > 255):
+        raise ValueError(f"{path}: label values must be 0..255, found {values.min()}..{values.max()}")
+    return values.astype(np.uint8)
