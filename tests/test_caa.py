@@ -32,7 +32,7 @@ def test_box_mask_of_a_flat_zero_map_is_empty() -> None:
 
 def test_affinity_is_symmetric_and_nearly_doubly_stochastic() -> None:
     torch.manual_seed(0)
-    attention = [torch.rand(10, 10).softmax(dim=-1) for _ in range(8)]
+    attention = torch.stack([torch.rand(10, 10).softmax(dim=-1) for _ in range(8)]).mean(dim=0)
     r = affinity_from_attention(attention)
     assert r.shape == (9, 9)
     torch.testing.assert_close(r, r.T)

@@ -7,8 +7,6 @@ is propagated only inside the boxes around its own high-scoring regions.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import cv2
 import numpy as np
 import torch
@@ -18,10 +16,9 @@ from clipseg_cli.cam.normalize import minmax
 SINKHORN_ROUNDS = 3
 
 
-def affinity_from_attention(attention: Sequence[torch.Tensor], rounds: int = SINKHORN_ROUNDS) -> torch.Tensor:
-    """Head-averaged attention maps (1+N, 1+N) -> R = S @ S over the N patch tokens (float32)."""
-    w = torch.stack([a[1:, 1:].float() for a in attention]).mean(dim=0)
-    t = w
+def affinity_from_attention(mean_attention: torch.Tensor, rounds: int = SINKHORN_ROUNDS) -> torch.Tensor:
+    """Attention averaged over heads and blocks (1+N, 1+N) -> R = S @ S over the N patch tokens (float32)."""
+    t = mean_attention[1:, 1:].float()
     for _ in range(rounds):
         t = t / t.sum(dim=0, keepdim=True)
         t = t / t.sum(dim=1, keepdim=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from clipseg_cli.cam.caa import affinity_from_attention, refine_cams
-from clipseg_cli.cam.gradcam import SoftmaxGradCAM, run_frozen_blocks
+from clipseg_cli.cam.gradcam import AutogradSoftmaxGradCAM, FusedSoftmaxGradCAM, run_frozen_blocks
 from clipseg_cli.cam.normalize import resize_maps
 from clipseg_cli.cam.preprocess import limit_side, to_clip_tensor
 from clipseg_cli.clip.model import CLIP
@@ -26,6 +26,7 @@ from clipseg_cli.postprocess.labelmap import label_map
 
 SynonymMode = Literal["sentence", "feature", "cam"]
 SYNONYM_MODES = ("sentence", "feature", "cam")
+GRADCAM_IMPLEMENTATIONS = {"fused": FusedSoftmaxGradCAM, "autograd": AutogradSoftmaxGradCAM}
 DEFAULT_TEMPLATE = "a clean origami {}."
 
 
@@ -37,6 +38,7 @@ class CLIPESSettings:
     mu: float = 0.95
     crf: bool = True
     max_side: int | None = 1024
+    gradcam: Literal["fused", "autograd"] = "fused"  # same numbers; autograd is the slow reference
     crf_params: CRFParams = field(default_factory=CRFParams)
 
 
@@ -58,7 +60,7 @@ class CLIPESPredictor:
         self.class_set = class_set
         self.settings = settings
         self.text = TextEncoder(model, settings.templates)
-        self.gradcam = SoftmaxGradCAM()
+        self.gradcam = GRADCAM_IMPLEMENTATIONS[settings.gradcam]()
 
     @property
     def device(self) -> torch.device:
@@ -86,49 +88,84 @@ class CLIPESPredictor:
         bg = self.text.encode(list(self.class_set.background))
         return torch.cat([fg, bg]), rows
 
-    def grid_cams(self, image: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(K, h', w') CAMs and CAA-refined CAMs on the patch grid for an RGB uint8 image."""
-        tensor = to_clip_tensor(image, self.model.visual.patch_size).to(self.device)
-        frozen = run_frozen_blocks(self.model.visual, tensor)
-        features, rows = self.text_set(labels)
-        targets = [r for group in rows for r in group]
-        cams, last_attention = self.gradcam(self.model.visual, frozen, features, self.model.logit_scale, targets)
+    def grid_cams(self, tensor: torch.Tensor, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(K, h', w') CAMs and CAA-refined CAMs on the patch grid, from a ``to_clip_tensor`` input."""
+        with torch.inference_mode(False):
+            frozen = run_frozen_blocks(self.model.visual, tensor.to(self.device))
+            features, rows = self.text_set(labels)
+            targets = [r for group in rows for r in group]
+            cams, last_attention = self.gradcam(self.model.visual, frozen, features, self.model.logit_scale, targets)
         if self.settings.synonyms == "cam":
             offsets = np.cumsum([0] + [len(g) for g in rows])
             cams = np.stack([cams[a:b].max(axis=0) for a, b in zip(offsets[:-1], offsets[1:])])
-        affinity = affinity_from_attention([*frozen.attention, last_attention])
+        mean_attention = (frozen.attention_sum + last_attention) / (frozen.attention_count + 1)
+        affinity = affinity_from_attention(mean_attention)
         refined = refine_cams(affinity, cams, self.settings.lam)
         return cams, refined
 
     def predict(self, image: np.ndarray, labels: Sequence[int]) -> LabelResult:
         """CAM, CAA and (optionally) CRF for one RGB uint8 image of any size."""
-        height, width = image.shape[:2]
         start = time.perf_counter()
-        work = limit_side(image, self.settings.max_side)
-        with torch.inference_mode(False):
-            grid_cam, grid_refined = self.grid_cams(work, labels)
-        cam = resize_maps(grid_cam, height, width)
-        refined = resize_maps(grid_refined, height, width)
-        t_cam = time.perf_counter()
-        work_refined = refined if work.shape == image.shape else resize_maps(grid_refined, *work.shape[:2])
-        mask, confidence = self.mask_from_refined(work, work_refined, labels)
-        if work.shape != image.shape:
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-            if confidence is not None:
-                confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
-        end = time.perf_counter()
-        seconds = {"cam": t_cam - start, "crf": end - t_cam, "total": end - start}
-        return LabelResult(list(labels), cam, refined, mask, confidence, seconds)
+        prepared = prepare(image, self.settings, self.model.visual.patch_size)
+        grid_cam, grid_refined = self.grid_cams(torch.from_numpy(prepared.tensor), labels)
+        result = finish(prepared, grid_cam, grid_refined, labels, self.settings)
+        result.seconds["cam"] += time.perf_counter() - start - result.seconds["total"]
+        result.seconds["total"] = time.perf_counter() - start
+        return result
 
-    def mask_from_refined(
-        self, image: np.ndarray, refined: np.ndarray, labels: Sequence[int]
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Background = 1 - max refined; CRF + confidence threshold, or a plain argmax without CRF."""
-        keys = [0, *(1 + c for c in labels)]
-        background = 1.0 - (refined.max(axis=0) if len(labels) else np.zeros(image.shape[:2], np.float32))
-        probs = np.concatenate([background[None], refined]).astype(np.float32)
-        if not self.settings.crf:
-            mask, _ = label_map(probs, keys)
-            return mask, None
-        q = dense_crf(image, probs, self.settings.crf_params)
-        return label_map(q, keys, self.settings.mu)
+
+@dataclass
+class PreparedImage:
+    """An image ready for the model: the original, the (maybe scaled-down) working copy, the input."""
+
+    image: np.ndarray  # (H, W, 3) uint8, original size
+    work: np.ndarray  # (h, w, 3) uint8, at most max_side
+    tensor: np.ndarray  # (1, 3, h16, w16) float32, CLIP-normalised
+
+
+def prepare(image: np.ndarray, settings: CLIPESSettings, patch: int = 16) -> PreparedImage:
+    """CPU-only preprocessing (no model), so it can run in a worker process."""
+    work = limit_side(image, settings.max_side)
+    return PreparedImage(image, work, to_clip_tensor(work, patch).numpy())
+
+
+def finish(
+    prepared: PreparedImage,
+    grid_cam: np.ndarray,
+    grid_refined: np.ndarray,
+    labels: Sequence[int],
+    settings: CLIPESSettings,
+) -> LabelResult:
+    """Grid maps -> full-size CAMs, CRF and the mask (no model), so it can run in a worker process.
+
+    ``seconds`` has "crf" (resizing, CRF, labelling) and "total" for this step; "cam" is 0
+    and is filled in by whoever ran the model.
+    """
+    start = time.perf_counter()
+    image, work = prepared.image, prepared.work
+    height, width = image.shape[:2]
+    cam = resize_maps(grid_cam, height, width)
+    refined = resize_maps(grid_refined, height, width)
+    scaled = work.shape != image.shape
+    work_refined = resize_maps(grid_refined, *work.shape[:2]) if scaled else refined
+    mask, confidence = mask_from_refined(work, work_refined, labels, settings)
+    if scaled:
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        if confidence is not None:
+            confidence = cv2.resize(confidence, (width, height), interpolation=cv2.INTER_LINEAR)
+    elapsed = time.perf_counter() - start
+    return LabelResult(list(labels), cam, refined, mask, confidence, {"cam": 0.0, "crf": elapsed, "total": elapsed})
+
+
+def mask_from_refined(
+    image: np.ndarray, refined: np.ndarray, labels: Sequence[int], settings: CLIPESSettings
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Background = 1 - max refined; CRF + confidence threshold, or a plain argmax without CRF."""
+    keys = [0, *(1 + c for c in labels)]
+    background = 1.0 - (refined.max(axis=0) if len(labels) else np.zeros(image.shape[:2], np.float32))
+    probs = np.concatenate([background[None], refined]).astype(np.float32)
+    if not settings.crf:
+        mask, _ = label_map(probs, keys)
+        return mask, None
+    q = dense_crf(image, probs, settings.crf_params)
+    return label_map(q, keys, settings.mu)

@@ -54,8 +54,8 @@ class QuickGELU(nn.Module):
 class MultiheadSelfAttention(nn.Module):
     """Self-attention with nn.MultiheadAttention's parameter names, batch-first.
 
-    Returns the head-averaged attention probabilities when asked; otherwise uses
-    the fused kernel.
+    Returns the head-averaged attention probabilities when asked (computed head by
+    head to bound memory); otherwise uses the fused kernel.
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -74,12 +74,17 @@ class MultiheadSelfAttention(nn.Module):
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = (t.reshape(batch, tokens, self.heads, head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
         if need_weights:
-            scores = (q * head_dim**-0.5) @ k.transpose(-2, -1)
-            if mask is not None:
-                scores = scores + mask
-            probs = scores.softmax(dim=-1)
-            out = probs @ v
-            weights = probs.mean(dim=1)
+            # One head at a time: never more than one (tokens x tokens) map per head in memory.
+            outs, weights = [], torch.zeros(batch, tokens, tokens, dtype=x.dtype, device=x.device)
+            for h in range(self.heads):
+                scores = (q[:, h] * head_dim**-0.5) @ k[:, h].transpose(-2, -1)
+                if mask is not None:
+                    scores = scores + mask
+                probs = scores.softmax(dim=-1)
+                outs.append(probs @ v[:, h])
+                weights = weights + probs
+            out = torch.stack(outs, dim=1)
+            weights = weights / self.heads
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             weights = None
