@@ -134,3 +134,16 @@ def test_pickled_code_is_not_executed(tmp_path: Path) -> None:
     torch.save({"x": Evil()}, path)
     with pytest.raises(WeightsError):
         read_state_dict(path)
+
+
+def test_text_tower_ignores_positions_after_the_end_of_text() -> None:
+    """encode_text stops at the longest prompt; the causal mask makes that exact."""
+    from clipseg_cli.clip.tokenizer import tokenize
+
+    model = build_clip(random_clip_state(seed=5))
+    tokens = tokenize(["a clean origami cat.", "a clean origami person with clothes, people, human."])
+    ours = model.encode_text(tokens)
+    x = model.token_embedding(tokens) + model.positional_embedding
+    x = model.ln_final(model.transformer(x, model.causal_mask))
+    full = x[torch.arange(2), tokens.argmax(dim=-1)] @ model.text_projection
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)

@@ -203,10 +203,13 @@ class CLIP(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(N, context) token ids -> (N, embed_dim) features at the end-of-text token (not normalised)."""
-        x = self.token_embedding(tokens) + self.positional_embedding
-        x = self.transformer(x, self.causal_mask.to(x.dtype))
-        x = self.ln_final(x)
         eot = tokens.argmax(dim=-1)
+        # The mask is causal, so positions after the last end-of-text token change nothing: skip them.
+        length = int(eot.max()) + 1 if tokens.numel() else tokens.shape[-1]
+        tokens = tokens[:, :length]
+        x = self.token_embedding(tokens) + self.positional_embedding[:length]
+        x = self.transformer(x, self.causal_mask[:length, :length].to(x.dtype))
+        x = self.ln_final(x)
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
