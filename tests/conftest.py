@@ -48,6 +48,15 @@ def random_clip_state(seed: int = 0, dtype: torch.dtype = torch.float16, **overr
     return {k: v.to(dtype) for k, v in model.state_dict().items()}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():  # noqa: ANN201 - a generator fixture
+    """One intra-op thread for a test module: small models gain nothing from more on a shared 2-core CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not GOLDEN.is_dir():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from clipseg_cli import prompt_search as ps
@@ -16,13 +15,7 @@ from tests.conftest import make_image, write_labels
 FEW = ["a clean origami {}.", "a photo of a {}.", "art of the [bold]{}[/bold]."]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine this is several times faster, and it is restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

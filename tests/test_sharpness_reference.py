@@ -30,13 +30,7 @@ STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
 TEMPLATES = ["a clean origami {}.", "a photo of a {}.", "itap of my {}.", "the {} in a video game.", "art of the {}."]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine this is several times faster, and it is restored."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- the reference

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -11,12 +9,12 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from clipseg_cli.cli.common import emit_report
 from clipseg_cli.cli.console import console, handle_errors, progress_bar
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.evaluation.classnames import resolve_class_names
 from clipseg_cli.evaluation.matching import pair_files
 from clipseg_cli.evaluation.runner import evaluate_cams, evaluate_masks, visualize_cams
-from clipseg_cli.io.atomic import write_json
 
 
 class CamKey(str, Enum):
@@ -123,12 +121,7 @@ def evaluate(
         report["pred"] = str(pred)
         report["gt"] = str(gt)
         _print_report(report)
-        if out is not None:
-            if str(out) == "-":
-                sys.stdout.write(json.dumps(report, indent=2) + "\n")
-            else:
-                write_json(out, report)
-                console.print(f"report: {out}")
+        emit_report(out, report)
     except OSError as exc:  # e.g. an output folder that cannot be written
         raise ConfigError(str(exc)) from None
     if visualize is not None:

@@ -1,7 +1,214 @@
-"""Placeholder: this command is registered by its own issue's work."""
+"""`wsss-label retrain` (DeepLabV2 on pseudo masks, confidence-guided loss) and `wsss-label predict`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from clipseg_cli.cli.console import console, handle_errors, progress_bar
+from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+
+ARCH_HELP = "deeplabv2-resnet101 | deeplabv2-resnet50 | deeplabv2-resnet18 (quick runs, tests)."
+# retrain option name -> TrainConfig field, for the settings --resume keeps from the run.
+_DEFINING_OPTIONS = {
+    "classes": "class_names", "arch": "arch", "init": "init", "iters": "iters", "batch": "batch", "crop": "crop",
+    "scales": "scales", "lr": "lr", "power": "power", "balanced": "balanced", "seed": "seed",
+}  # fmt: skip
+
+
+def parse_scales(text: str, option: str = "--scales") -> tuple[float, ...]:
+    """``"0.5,0.75,1"`` -> (0.5, 0.75, 1.0); ConfigError unless every value is a number > 0."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated numbers such as 0.5,0.75,1; got {text!r}") from None
+    if not values or any(not (0.0 < v <= 8.0) for v in values):
+        raise ConfigError(f"{option} values must be in (0, 8]; got {text!r}")
+    return values
+
+
+def _progress():  # noqa: ANN202
+    return progress_bar("loss {task.fields[loss]}", "lr {task.fields[lr]}", "{task.fields[speed]}")
+
+
+class _BarReporter:
+    """Training progress on the shared Rich console: loss, lr and it/s (or s/it) beside the bar."""
+
+    def __init__(self, progress) -> None:  # type: ignore[no-untyped-def]
+        self.progress = progress
+        self.task = None
+
+    def message(self, text: str) -> None:
+        console.print(text, soft_wrap=True)
+
+    def start(self, done: int, total: int) -> None:
+        self.task = self.progress.add_task("training", total=total, completed=done, loss="-", lr="-", speed="")
+
+    def step(self, iteration: int, loss: float, lr: float, it_per_s: float) -> None:
+        speed = f"{it_per_s:.2f} it/s" if it_per_s >= 1 else f"{1 / max(it_per_s, 1e-9):.1f} s/it"
+        self.progress.update(self.task, completed=iteration, loss=f"{loss:.4f}", lr=f"{lr:.2e}", speed=speed)
+
+
+def retrain(
+    ctx: typer.Context,
+    images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
+    masks: Path = typer.Argument(..., help="Pseudo masks: MASKS/<rel>.png, or the OUT of `wsss-label label` (its masks/)."),
+    classes: str = typer.Option("voc", "--classes", "-c", help='voc | coco | FILE | "a,b,c" (mask value 1 + index).'),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: last.pt, best.pt, metrics.jsonl, loss.png, run.json."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Initial weights: torchvision ResNet .pth, deeplab-pytorch COCO/VOC .pth, or a wsss-label checkpoint. None: random init."),
+    arch: str = typer.Option("deeplabv2-resnet101", "--arch", help=ARCH_HELP),
+    iters: int = typer.Option(20000, "--iters", help="Training iterations."),
+    batch: int = typer.Option(10, "--batch", help="Images per iteration."),
+    crop: int = typer.Option(321, "--crop", help="Square training crop in pixels."),
+    scales: str = typer.Option("0.5,0.75,1,1.25,1.5", "--scales", help="Random rescaling factors, one drawn per image."),
+    lr: float = typer.Option(2e-4, "--lr", help="Base learning rate (2e-4 ImageNet init, 2.5e-5 COCO init); ASPP 10x (bias 20x)."),
+    power: float = typer.Option(0.9, "--power", help="Poly decay: lr * (1 - it/iters) ** power."),
+    balanced: bool = typer.Option(False, "--balanced", help="Class-balanced cross-entropy (the paper's COCO setting)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt exactly."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    val: Optional[tuple[Path, Path]] = typer.Option(None, "--val", help="IMAGES GT: mIoU at each checkpoint, best model kept as best.pt."),
+    save_every: int = typer.Option(1000, "--save-every", help="Write last.pt (and validate) every N iterations."),
+    workers: int = typer.Option(-1, "--workers", help="Data-loading processes (-1: 0 on CPU, up to 4 on CUDA)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, sample order and augmentation."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Train on the images that have a mask instead of stopping."),
+) -> None:
+    """Train DeepLabV2 on pseudo masks with the confidence-guided loss (pixels labelled 255 are ignored)."""
+    explicit = [
+        name for name in _DEFINING_OPTIONS if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    ]
+    raise typer.Exit(
+        _run_retrain(
+            images, masks, classes, out, init, arch, iters, batch, crop, scales, lr, power, balanced,
+            resume, device, val, save_every, workers, seed, skip_missing, explicit,
+        )
+    )  # fmt: skip
+
+
+@handle_errors(interrupted="interrupted; training state saved in last.pt, continue with --resume")
+def _run_retrain(
+    images: Path, masks: Path, classes: str, out: Path, init: Optional[Path], arch: str, iters: int, batch: int,
+    crop: int, scales: str, lr: float, power: float, balanced: bool, resume: bool, device: str,
+    val: Optional[tuple[Path, Path]], save_every: int, workers: int, seed: int, skip_missing: bool,
+    explicit: list[str],
+) -> int:  # fmt: skip
+    from clipseg_cli.data.classes import load_class_set
+    from clipseg_cli.device import resolve_device
+    from clipseg_cli.segmentation.deeplab import arch_depth
+    from clipseg_cli.segmentation.train import LAST, TrainConfig, Trainer, load_resume, resume_conflicts
+
+    if not images.exists():
+        raise ConfigError(f"IMAGES {images}: no such folder")
+    if not masks.is_dir():
+        raise ConfigError(f"MASKS {masks}: no such folder")
+    for name, value, low in (("--iters", iters, 1), ("--batch", batch, 1), ("--crop", crop, 8), ("--save-every", save_every, 1)):
+        if value < low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
+    if not lr > 0:
+        raise ConfigError(f"--lr must be positive, got {lr}")
+    if power < 0:
+        raise ConfigError(f"--power must be >= 0, got {power}")
+    arch_depth(arch)
+    if init is not None and not init.is_file():
+        raise ConfigError(f"--init {init}: no such file")
+    val_images, val_gt = val if val else (None, None)
+    if val_images is not None and not val_images.exists():
+        raise ConfigError(f"--val IMAGES {val_images}: no such folder")
+    if val_gt is not None and not val_gt.is_dir():
+        raise ConfigError(f"--val GT {val_gt}: no such folder")
+    torch_device = resolve_device(device)
+    if workers < 0:
+        workers = 0 if torch_device.type == "cpu" else min(4, os.cpu_count() or 1)
+    cfg = TrainConfig(
+        images=images, masks=masks, out=out, class_names=list(load_class_set(classes).classes), arch=arch,
+        init=init, iters=iters, batch=batch, crop=crop, scales=parse_scales(scales), lr=lr, power=power,
+        balanced=balanced, seed=seed, save_every=save_every, workers=workers, val_images=val_images,
+        val_gt=val_gt, skip_missing=skip_missing,
+    )  # fmt: skip
+    if resume and (out / LAST).exists():
+        saved = load_resume(cfg)
+        given = cfg.to_json()
+        conflicts = resume_conflicts(saved["train_config"], given, [_DEFINING_OPTIONS[n] for n in explicit])
+        if conflicts:
+            raise ConfigError(
+                "--resume continues the run as it was started; these differ: "
+                + "; ".join(conflicts)
+                + ". Drop them, or train into a new --out"
+            )
+    with _progress() as progress:
+        reporter = _BarReporter(progress)
+        trainer = Trainer(cfg, torch_device, resume=resume, reporter=reporter)
+        init_text = f"; init: {trainer.init_note}" if cfg.init is not None else ""
+        reporter.message(
+            f"{cfg.arch} on {torch_device}: {len(trainer.pairs)} image/mask pairs, "
+            f"{len(cfg.class_names)} classes{init_text}"
+        )
+        summary = trainer.run()
+    best = summary["val"]["best"]
+    tail = f", best val mIoU {100 * best['miou']:.2f} at iteration {best['iteration']}" if best else ""
+    console.print(f"done: {summary['iteration']} iterations, final loss {summary['final_loss']}{tail} -> {out}")
+    return EXIT_OK
+
+
+def predict(
+    images: Path = typer.Argument(..., help="Images to segment (folder, searched recursively, or one file)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint: RUN/last.pt or RUN/best.pt of retrain."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: masks/<rel>.png and predict.json."),
+    scales: str = typer.Option("0.5,0.75,1", "--scales", help="Test scales whose softmax is averaged."),
+    flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),
+    crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF on the averaged probabilities (DeepLab defaults)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose mask exists (default: skip them, i.e. resume)."),
+) -> None:
+    """Segment images with a trained checkpoint; masks are written like the main command's."""
+    raise typer.Exit(_run_predict(images, checkpoint, out, scales, flip, crf, device, overwrite))
+
+
+@handle_errors
+def _run_predict(
+    images: Path, checkpoint: Path, out: Path, scales: str, flip: bool, crf: bool, device: str, overwrite: bool
+) -> int:
+    from clipseg_cli.cli.console import progress_bar
+    from clipseg_cli.device import resolve_device
+    from clipseg_cli.segmentation.predict import InferenceOptions, load_predictor, predict_folder
+    from clipseg_cli.segmentation.train import out_of_memory_message
+
+    if not images.exists():
+        raise ConfigError(f"IMAGES {images}: no such file or folder")
+    options = InferenceOptions(scales=parse_scales(scales), flip=flip)
+    torch_device = resolve_device(device)
+    predictor = load_predictor(checkpoint, torch_device, options)
+    settings = {
+        "command": "predict",
+        "checkpoint": str(checkpoint),
+        "class_names": list(predictor.class_names),
+        "scales": list(options.scales),
+        "flip": flip,
+        "crf": crf,
+        "device": str(torch_device),
+    }
+    with progress_bar() as bar:
+        task = bar.add_task("predicting", total=None)
+        try:
+            summary = predict_folder(
+                images, out, predictor, crf=crf, overwrite=overwrite, settings=settings,
+                on_start=lambda n: bar.update(task, total=n), on_image=lambda _k: bar.advance(task),
+            )  # fmt: skip
+        except RuntimeError as exc:
+            message = out_of_memory_message(exc, torch_device)
+            if message is None:
+                raise
+            raise ConfigError(f"{message}; use fewer or smaller --scales, or --device cpu") from None
+    console.print(
+        f"done: {summary.written} written, {summary.skipped} already there, {len(summary.failed)} failed -> {out / 'masks'}"
+    )
+    for entry in summary.failed[:10]:
+        console.print(f"  [red]failed[/] {entry['image']}: {entry['error']}", soft_wrap=True)
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("retrain", no_args_is_help=True)(retrain)
+    app.command("predict", no_args_is_help=True)(predict)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from clipseg_cli.cli.common import emit_report, load_clip_model
 from clipseg_cli.cli.console import console, fail, handle_errors, progress_bar
 from clipseg_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
@@ -120,12 +119,9 @@ def _run(
     crf: Optional[bool], weights: Optional[Path], device: str, max_side: int,
 ) -> int:  # fmt: skip
     from clipseg_cli import prompt_search as ps
-    from clipseg_cli.clip.loading import load_clip
-    from clipseg_cli.clip.pretrained import resolve_weights
     from clipseg_cli.data.classes import load_class_set
     from clipseg_cli.data.labels import read_labels_file, read_voc_annotations
     from clipseg_cli.device import resolve_device
-    from clipseg_cli.io.atomic import write_json
     from clipseg_cli.labeling import OutputLayout, make_plan
 
     # Everything that can be checked is checked before the model is loaded.
@@ -162,14 +158,7 @@ def _run(
     if limit is not None and limit < len(plan.todo):
         console.print(f"sample: {len(chosen)} of {len(plan.todo)} labelled images (--seed {seed})")
 
-    with progress_bar() as bar:
-        task = bar.add_task("downloading CLIP weights", total=None, visible=False)
-
-        def on_download(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total, visible=True)
-
-        resolved = resolve_weights(weights, on_download)
-    model = load_clip(resolved.path, torch_device)
+    model, resolved = load_clip_model(weights, torch_device)
     seconds: dict[str, float] = {}
     try:
         with progress_bar() as bar:
@@ -230,12 +219,7 @@ def _run(
         if len(failed) > SHOW_FAILED:
             console.print(f"  ... and {len(failed) - SHOW_FAILED} more" + (f" (listed in {out})" if out else ""))
     try:
-        if out is not None:
-            if str(out) == "-":
-                sys.stdout.write(json.dumps(report, indent=2) + "\n")
-            else:
-                write_json(out, report)
-                console.print(f"report: {escape(str(out))}")
+        emit_report(out, report)
         if plot is not None:
             ps.plot_ranking(plot, ranked, correlation=correlation)
             console.print(f"plot: {escape(str(plot))}")

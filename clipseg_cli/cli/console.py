@@ -30,8 +30,18 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn WsssError and Ctrl-C into one line and an exit code instead of a traceback."""
+RESUME_HINT = "interrupted; finished files are kept, rerun to resume"
+
+
+def handle_errors(
+    func: Callable[P, R] | None = None, *, interrupted: str = RESUME_HINT
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn WsssError and Ctrl-C into one line and an exit code instead of a traceback.
+
+    Use as ``@handle_errors`` or ``@handle_errors(interrupted="what Ctrl-C leaves behind")``.
+    """
+    if func is None:
+        return functools.partial(handle_errors, interrupted=interrupted)  # type: ignore[return-value]
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -40,16 +50,19 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except WsssError as exc:
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
-            raise fail("interrupted; finished files are kept, rerun to resume", EXIT_INTERRUPTED) from None
+            raise fail(interrupted, EXIT_INTERRUPTED) from None
 
     return wrapper
 
 
-def progress_bar() -> Progress:
+def progress_bar(*extra_columns: str) -> Progress:
+    """A bar with count, elapsed and remaining time; ``extra_columns`` are Rich format strings
+    shown after the count, e.g. ``"loss {task.fields[loss]}"``."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *(TextColumn(column) for column in extra_columns),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

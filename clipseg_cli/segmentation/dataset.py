@@ -1,0 +1,216 @@
+"""Image / pseudo-mask pairs and the deterministic training stream over them.
+
+Pairing: ``IMAGES/<rel>.<ext>`` goes with ``MASKS/<rel>.png`` (or ``MASKS/masks/<rel>.png`` when
+MASKS is the output folder of ``wsss-label label``). Mask values: 0 background, 1 + c for class c,
+255 ignored.
+
+Sample ``g`` of the run (``g = iteration * batch + k``) is image ``perm_e[g mod n]`` of epoch
+``e = g // n`` with augmentation drawn from ``numpy.random.default_rng([seed, g])``: the stream is a
+pure function of (seed, iteration), whatever the number of loader workers, so resuming from any
+iteration reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from clipseg_cli.errors import ConfigError, ImageError
+from clipseg_cli.io.masks import IGNORE_LABEL, load_label_map
+from clipseg_cli.data.images import find_images, load_rgb
+from clipseg_cli.segmentation.augment import train_augment
+from clipseg_cli.segmentation.deeplab import Normalization
+
+
+@dataclass(frozen=True)
+class Pair:
+    key: str
+    image: Path
+    mask: Path
+
+
+# EXIF orientations that swap width and height.
+_TRANSPOSING = {5, 6, 7, 8}
+
+
+def list_images(root: Path) -> dict[str, Path]:
+    """Images under ``root`` (a folder, searched recursively, or one file) by relative path without extension."""
+    root = Path(root)
+    if root.is_file():
+        return {root.stem: root}
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such folder")
+    found: dict[str, Path] = {}
+    for rel in find_images(root):
+        key = posixpath.splitext(rel)[0]
+        if key in found:
+            raise ConfigError(f"{root}: two images share the name {key!r} ({found[key].name}, {Path(rel).name})")
+        found[key] = root / rel
+    return found
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied; ImageError naming the file."""
+    try:
+        return load_rgb(path)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, read from the header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot read image ({type(exc).__name__})") from None
+    return (h, w) if orientation in _TRANSPOSING else (w, h)
+
+
+def resolve_masks_dir(path: Path, what: str = "MASKS") -> Path:
+    """MASKS itself, or MASKS/masks when MASKS is a ``wsss-label label`` output folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{what} {path}: no such folder")
+    sub = path / "masks"
+    return sub if sub.is_dir() else path
+
+
+def find_pairs(images: Path, masks: Path, *, skip_missing: bool = False, what: str = "MASKS") -> list[Pair]:
+    """Pair every image with its mask; ConfigError for an image without mask unless ``skip_missing``."""
+    images = Path(images)
+    if not images.exists():
+        raise ConfigError(f"IMAGES {images}: no such folder")
+    mask_root = resolve_masks_dir(masks, what)
+    found = list_images(images)
+    if not found:
+        raise ConfigError(f"IMAGES {images}: no images found")
+    pairs, missing = [], []
+    for key, img in found.items():
+        mask = mask_root / f"{key}.png"
+        if mask.is_file():
+            pairs.append(Pair(key, img, mask))
+        else:
+            missing.append(key)
+    if missing and not skip_missing:
+        raise ConfigError(
+            f"{len(missing)} image(s) have no mask in {mask_root}, e.g. {missing[0]}.png "
+            "(pass --skip-missing to train on the images that have one)"
+        )
+    if not pairs:
+        raise ConfigError(f"no image in {images} has a mask in {mask_root}")
+    return pairs
+
+
+def check_pair_sizes(pairs: Sequence[Pair]) -> None:
+    """Header-only check that every mask has its image's size; ConfigError naming the first mismatch."""
+    for p in pairs:
+        try:
+            isize = image_size(p.image)
+        except ImageError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            with Image.open(p.mask) as m:
+                msize = m.size
+        except Exception as exc:
+            raise ConfigError(f"{p.mask}: cannot read mask ({type(exc).__name__})") from None
+        if isize != msize:
+            raise ConfigError(f"{p.mask}: mask is {msize[0]}x{msize[1]} but its image is {isize[0]}x{isize[1]}")
+
+
+def load_pair(pair: Pair, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode an image and its mask; ImageError with a one-line reason when unusable."""
+    image = read_rgb(pair.image)
+    try:
+        mask = load_label_map(pair.mask)
+    except Exception as exc:
+        raise ImageError(f"{pair.mask}: cannot read mask ({str(exc)[:100]})") from None
+    if mask.shape != image.shape[:2]:
+        raise ImageError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}")
+    bad = (mask >= num_classes) & (mask != IGNORE_LABEL)
+    if bad.any():
+        raise ImageError(
+            f"{pair.mask}: label {int(mask[bad].max())} is out of range for {num_classes - 1} classes "
+            "(check --classes)"
+        )
+    return image, mask
+
+
+def sample_position(g: int, n: int, seed: int, _cache: dict[tuple[int, int, int], np.ndarray] = {}) -> int:
+    """Dataset index of run-wide sample ``g`` (a fresh permutation per epoch)."""
+    epoch, pos = divmod(g, n)
+    key = (seed, epoch, n)
+    perm = _cache.get(key)
+    if perm is None:
+        if len(_cache) > 4:
+            _cache.clear()
+        perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+        _cache[key] = perm
+    return int(perm[pos])
+
+
+class TrainBatches(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(dataset index, sample number)`` for iterations ``start`` .. ``stop - 1``."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for it in range(self.start, self.stop):
+            g0 = it * self.batch
+            yield [(sample_position(g, self.n, self.seed), g) for g in range(g0, g0 + self.batch)]
+
+
+class PseudoMaskDataset(Dataset):
+    """Augmented training crops; indexed by ``(dataset index, sample number)``.
+
+    An unusable file does not raise inside a loader worker: the item carries its error message and
+    the training loop stops with it (one clear line, no worker traceback).
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        num_classes: int,
+        norm: Normalization,
+        scales: Sequence[float],
+        crop: int,
+        seed: int,
+    ) -> None:
+        self.pairs = list(pairs)
+        self.num_classes = num_classes
+        self.norm = norm
+        self.scales = tuple(scales)
+        self.crop = crop
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, object]:
+        index, g = item
+        rng = np.random.default_rng([self.seed, g])
+        try:
+            image, mask = load_pair(self.pairs[index], self.num_classes)
+            error = ""
+        except ImageError as exc:
+            image = np.zeros((self.crop, self.crop, 3), np.uint8)
+            mask = np.full((self.crop, self.crop), IGNORE_LABEL, np.uint8)
+            error = str(exc)
+        image, mask = train_augment(image, mask, rng, self.scales, self.crop, self.norm.mean_rgb)
+        return {
+            "image": torch.from_numpy(self.norm.apply(image)),
+            "mask": torch.from_numpy(mask.astype(np.int64)),
+            "error": error,
+        }

@@ -1,0 +1,209 @@
+"""Inference from checkpoints: multi-scale + flip softmax averaging, optional dense CRF, masks out.
+
+``predict`` dispatches on the checkpoint's ``kind`` through :data:`PREDICTORS`; a new network
+family (CAM networks, refiners) adds one entry with :func:`register_predictor`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipseg_cli.errors import ConfigError, ImageError
+from clipseg_cli.io.atomic import write_json
+from clipseg_cli.io.masks import save_mask
+from clipseg_cli.segmentation.checkpoint import read_checkpoint
+from clipseg_cli.segmentation.dataset import list_images, read_rgb
+from clipseg_cli.segmentation.deeplab import DeepLabV2, Normalization, build_deeplabv2, upsample_logits
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0)
+    flip: bool = False
+
+
+class Predictor(Protocol):
+    """What ``predict`` needs from any checkpoint kind."""
+
+    class_names: list[str]
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (1 + K, H, W) float32 class probabilities (channel 0 background)."""
+
+
+PredictorLoader = Callable[[dict[str, Any], torch.device, InferenceOptions], Predictor]
+# kind -> loader, or "package.module:function" imported on first use (so a new kind is one entry
+# here and its module is only imported when such a checkpoint is predicted with).
+PREDICTORS: dict[str, PredictorLoader | str] = {}
+
+
+def register_predictor(kind: str) -> Callable[[PredictorLoader], PredictorLoader]:
+    """Decorator: ``@register_predictor("kind")`` on a ``(checkpoint, device, options) -> Predictor``."""
+
+    def deco(fn: PredictorLoader) -> PredictorLoader:
+        PREDICTORS[kind] = fn
+        return fn
+
+    return deco
+
+
+@torch.no_grad()
+def multiscale_probs(
+    model: torch.nn.Module,
+    norm: Normalization,
+    image: np.ndarray,
+    device: torch.device,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> np.ndarray:
+    """Mean of softmax over ``scales`` (and their horizontal flips), at the image's size."""
+    height, width = image.shape[:2]
+    x = torch.from_numpy(norm.apply(image)).unsqueeze(0).to(device)
+    total: torch.Tensor | None = None
+    count = 0
+    for s in scales:
+        xs = x
+        if s != 1.0:
+            size = (max(1, int(round(height * s))), max(1, int(round(width * s))))
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+        logits = model(batch)
+        if flip:
+            logits = torch.stack([logits[0], logits[1].flip(-1)])
+        probs = upsample_logits(logits, (height, width)).softmax(dim=1).sum(dim=0)
+        total = probs if total is None else total + probs
+        count += logits.shape[0]
+    assert total is not None
+    return (total / count).float().cpu().numpy()
+
+
+class DeepLabPredictor:
+    """A trained DeepLabV2 with its normalisation and test-time scales."""
+
+    def __init__(self, model: DeepLabV2, norm: Normalization, class_names: list[str], device: torch.device, options: InferenceOptions) -> None:
+        self.model = model.to(device).eval()
+        self.norm = norm
+        self.class_names = class_names
+        self.device = device
+        self.options = options
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        return multiscale_probs(self.model, self.norm, image, self.device, self.options.scales, self.options.flip)
+
+
+def build_from_checkpoint(ckpt: dict[str, Any]) -> tuple[DeepLabV2, Normalization]:
+    """Rebuild a DeepLabV2 from a checkpoint's ``model_config`` and load its weights (strict)."""
+    cfg = ckpt["model_config"]
+    try:
+        model = build_deeplabv2(cfg["arch"], int(cfg["num_classes"]), cfg.get("style", "pytorch"))
+        model.load_state_dict(ckpt["model"], strict=True)
+        norm = Normalization.from_dict(cfg["normalization"])
+    except ConfigError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ConfigError(f"checkpoint does not match its model_config ({str(exc).splitlines()[0][:160]})") from None
+    return model, norm
+
+
+@register_predictor("deeplabv2")
+def _load_deeplabv2(ckpt: dict[str, Any], device: torch.device, options: InferenceOptions) -> Predictor:
+    model, norm = build_from_checkpoint(ckpt)
+    return DeepLabPredictor(model, norm, list(ckpt["class_names"]), device, options)
+
+
+def load_predictor(path: Path, device: torch.device, options: InferenceOptions) -> Predictor:
+    """Read ``path`` and hand it to the loader registered for its ``kind``."""
+    ckpt = read_checkpoint(path)
+    kind = ckpt["kind"]
+    loader = PREDICTORS.get(kind)
+    if loader is None:
+        raise ConfigError(
+            f"--checkpoint {path}: kind {kind!r} cannot be predicted with; known kinds: {', '.join(sorted(PREDICTORS))}"
+        )
+    if isinstance(loader, str):
+        module_name, _, attr = loader.partition(":")
+        loader = getattr(importlib.import_module(module_name), attr)
+    try:
+        return loader(ckpt, device, options)
+    except ConfigError as exc:
+        raise ConfigError(f"--checkpoint {path}: {exc}") from None
+
+
+def probs_to_mask(probs: np.ndarray, image: np.ndarray | None = None, crf: bool = False) -> np.ndarray:
+    """Argmax of (optionally CRF-refined) probabilities -> uint8 label map."""
+    if crf:
+        from clipseg_cli.postprocess.crf import dense_crf
+
+        assert image is not None
+        probs = dense_crf(image, probs)
+    return probs.argmax(axis=0).astype(np.uint8)
+
+
+@dataclass
+class PredictSummary:
+    written: int = 0
+    skipped: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def predict_folder(
+    images: Path,
+    out: Path,
+    predictor: Predictor,
+    *,
+    crf: bool,
+    overwrite: bool,
+    settings: dict[str, Any],
+    on_start: Callable[[int], None] | None = None,
+    on_image: Callable[[str], None] | None = None,
+) -> PredictSummary:
+    """Write ``out/masks/<rel>.png`` for every image (skipping existing ones unless ``overwrite``).
+
+    An unreadable image is recorded in ``failed`` and the rest go on; ``out/predict.json``
+    summarises the run.
+    """
+    found = list_images(images)
+    if not found:
+        raise ConfigError(f"IMAGES {images}: no images found")
+    summary = PredictSummary()
+    started = time.time()
+    if on_start:
+        on_start(len(found))
+    try:
+        for key, path in found.items():
+            dest = out / "masks" / f"{key}.png"
+            if dest.exists() and not overwrite:
+                summary.skipped += 1
+            else:
+                try:
+                    image = read_rgb(path)
+                    mask = probs_to_mask(predictor.probabilities(image), image, crf)
+                    save_mask(dest, mask)
+                    summary.written += 1
+                except ImageError as exc:
+                    summary.failed.append({"image": key, "error": str(exc)})
+            if on_image:
+                on_image(key)
+    finally:
+        summary.seconds = time.time() - started
+        write_json(
+            out / "predict.json",
+            {
+                **settings,
+                "images": len(found),
+                "written": summary.written,
+                "skipped_existing": summary.skipped,
+                "failed": summary.failed,
+                "seconds": round(summary.seconds, 3),
+            },
+        )
+    return summary
