@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from clipseg_cli.cli.console import console, handle_errors, progress_bar
+from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
 ARCH_HELP = "deeplabv2-resnet101 | deeplabv2-resnet50 | deeplabv2-resnet18 (quick runs, tests)."
@@ -28,28 +29,6 @@ def parse_scales(text: str, option: str = "--scales") -> tuple[float, ...]:
     if not values or any(not (0.0 < v <= 8.0) for v in values):
         raise ConfigError(f"{option} values must be in (0, 8]; got {text!r}")
     return values
-
-
-def _progress():  # noqa: ANN202
-    return progress_bar("loss {task.fields[loss]}", "lr {task.fields[lr]}", "{task.fields[speed]}")
-
-
-class _BarReporter:
-    """Training progress on the shared Rich console: loss, lr and it/s (or s/it) beside the bar."""
-
-    def __init__(self, progress) -> None:  # type: ignore[no-untyped-def]
-        self.progress = progress
-        self.task = None
-
-    def message(self, text: str) -> None:
-        console.print(text, soft_wrap=True)
-
-    def start(self, done: int, total: int) -> None:
-        self.task = self.progress.add_task("training", total=total, completed=done, loss="-", lr="-", speed="")
-
-    def step(self, iteration: int, loss: float, lr: float, it_per_s: float) -> None:
-        speed = f"{it_per_s:.2f} it/s" if it_per_s >= 1 else f"{1 / max(it_per_s, 1e-9):.1f} s/it"
-        self.progress.update(self.task, completed=iteration, loss=f"{loss:.4f}", lr=f"{lr:.2e}", speed=speed)
 
 
 def retrain(
@@ -137,8 +116,8 @@ def _run_retrain(
                 + "; ".join(conflicts)
                 + ". Drop them, or train into a new --out"
             )
-    with _progress() as progress:
-        reporter = _BarReporter(progress)
+    with training_progress() as progress:
+        reporter = TrainingReporter(progress)
         trainer = Trainer(cfg, torch_device, resume=resume, reporter=reporter)
         init_text = f"; init: {trainer.init_note}" if cfg.init is not None else ""
         reporter.message(
@@ -154,7 +133,7 @@ def _run_retrain(
 
 def predict(
     images: Path = typer.Argument(..., help="Images to segment (folder, searched recursively, or one file)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint: RUN/last.pt or RUN/best.pt of retrain."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint of retrain (RUN/last.pt, RUN/best.pt) or of refine train (it stores its labels and CLIP file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: masks/<rel>.png and predict.json."),
     scales: str = typer.Option("0.5,0.75,1", "--scales", help="Test scales whose softmax is averaged."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),

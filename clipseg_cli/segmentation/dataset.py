@@ -15,7 +15,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -84,8 +84,11 @@ def resolve_masks_dir(path: Path, what: str = "MASKS") -> Path:
     return sub if sub.is_dir() else path
 
 
-def find_pairs(images: Path, masks: Path, *, skip_missing: bool = False, what: str = "MASKS") -> list[Pair]:
-    """Pair every image with its mask; ConfigError for an image without mask unless ``skip_missing``."""
+def find_pairs(
+    images: Path, masks: Path, *, skip_missing: bool = False, what: str = "MASKS", keys: Collection[str] | None = None
+) -> list[Pair]:
+    """Pair every image (only those whose key is in ``keys``, when given) with its mask; ConfigError
+    for an image without mask unless ``skip_missing``."""
     images = Path(images)
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such folder")
@@ -95,6 +98,8 @@ def find_pairs(images: Path, masks: Path, *, skip_missing: bool = False, what: s
         raise ConfigError(f"IMAGES {images}: no images found")
     pairs, missing = [], []
     for key, img in found.items():
+        if keys is not None and key not in keys:
+            continue
         mask = mask_root / f"{key}.png"
         if mask.is_file():
             pairs.append(Pair(key, img, mask))
@@ -176,7 +181,8 @@ class PseudoMaskDataset(Dataset):
     """Augmented training crops; indexed by ``(dataset index, sample number)``.
 
     An unusable file does not raise inside a loader worker: the item carries its error message and
-    the training loop stops with it (one clear line, no worker traceback).
+    the training loop stops with it (one clear line, no worker traceback). With ``keep_rgb`` an
+    item also holds the augmented crop as (crop, crop, 3) uint8 RGB under ``"rgb"``.
     """
 
     def __init__(
@@ -187,6 +193,7 @@ class PseudoMaskDataset(Dataset):
         scales: Sequence[float],
         crop: int,
         seed: int,
+        keep_rgb: bool = False,
     ) -> None:
         self.pairs = list(pairs)
         self.num_classes = num_classes
@@ -194,6 +201,7 @@ class PseudoMaskDataset(Dataset):
         self.scales = tuple(scales)
         self.crop = crop
         self.seed = seed
+        self.keep_rgb = keep_rgb
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -209,8 +217,12 @@ class PseudoMaskDataset(Dataset):
             mask = np.full((self.crop, self.crop), IGNORE_LABEL, np.uint8)
             error = str(exc)
         image, mask = train_augment(image, mask, rng, self.scales, self.crop, self.norm.mean_rgb)
-        return {
+        item: dict[str, object] = {
             "image": torch.from_numpy(self.norm.apply(image)),
             "mask": torch.from_numpy(mask.astype(np.int64)),
             "error": error,
         }
+        if self.keep_rgb:
+            # The crop as uint8 RGB (padding in the mean colour), for losses that look at the pixels (CRF).
+            item["rgb"] = torch.from_numpy(np.clip(image + 0.5, 0, 255).astype(np.uint8))
+        return item

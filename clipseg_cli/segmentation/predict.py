@@ -1,7 +1,8 @@
 """Inference from checkpoints: multi-scale + flip softmax averaging, optional dense CRF, masks out.
 
 ``predict`` dispatches on the checkpoint's ``kind`` through :data:`PREDICTORS`; a new network
-family (CAM networks, refiners) adds one entry with :func:`register_predictor`.
+family (CAM networks, refiners) adds one entry with :func:`register_predictor`. The learned refiners
+of ``wsss-label refine`` (:mod:`clipseg_cli.refiners`) add theirs from their registry.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 
 from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.io.atomic import write_json
-from clipseg_cli.io.masks import save_mask
+from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
+from clipseg_cli.refiners import predictor_entries
 from clipseg_cli.segmentation.checkpoint import read_checkpoint
 from clipseg_cli.segmentation.dataset import list_images, read_rgb
 from clipseg_cli.segmentation.deeplab import DeepLabV2, Normalization, build_deeplabv2, upsample_logits
@@ -38,11 +40,18 @@ class Predictor(Protocol):
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (1 + K, H, W) float32 class probabilities (channel 0 background)."""
 
+    # Optional: ``image_labels(key) -> Sequence[int] | None``, the mask values (1 + c) an image is
+    # labelled with. A predictor that has it makes pseudo masks: every other class becomes 255
+    # (:func:`keep_image_labels`), and images it returns None for are skipped as unlabelled.
+
 
 PredictorLoader = Callable[[dict[str, Any], torch.device, InferenceOptions], Predictor]
 # kind -> loader, or "package.module:function" imported on first use (so a new kind is one entry
 # here and its module is only imported when such a checkpoint is predicted with).
 PREDICTORS: dict[str, PredictorLoader | str] = {}
+
+
+PREDICTORS.update(predictor_entries())
 
 
 def register_predictor(kind: str) -> Callable[[PredictorLoader], PredictorLoader]:
@@ -147,12 +156,22 @@ def probs_to_mask(probs: np.ndarray, image: np.ndarray | None = None, crf: bool 
     return probs.argmax(axis=0).astype(np.uint8)
 
 
+def keep_image_labels(mask: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """WeakCLIP's eq. 14: pixels of a class that is neither background (0) nor one of the image's
+    ``labels`` (mask values 1 + c) become 255; a new array."""
+    keep = np.zeros(256, dtype=bool)
+    keep[0] = True
+    keep[np.asarray(list(labels), dtype=np.int64)] = True
+    return np.where(keep[mask], mask, np.uint8(IGNORE_LABEL)).astype(np.uint8)
+
+
 @dataclass
 class PredictSummary:
     written: int = 0
     skipped: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    unlabelled: list[str] = field(default_factory=list)
 
 
 def predict_folder(
@@ -169,24 +188,31 @@ def predict_folder(
     """Write ``out/masks/<rel>.png`` for every image (skipping existing ones unless ``overwrite``).
 
     An unreadable image is recorded in ``failed`` and the rest go on; ``out/predict.json``
-    summarises the run.
+    summarises the run. A predictor with ``image_labels`` gets eq. 14 applied to its masks, and its
+    unlabelled images are skipped and listed under ``unlabelled``.
     """
     found = list_images(images)
     if not found:
         raise ConfigError(f"IMAGES {images}: no images found")
     summary = PredictSummary()
+    image_labels: Callable[[str], Sequence[int] | None] | None = getattr(predictor, "image_labels", None)
     started = time.time()
     if on_start:
         on_start(len(found))
     try:
         for key, path in found.items():
             dest = out / "masks" / f"{key}.png"
+            labels = image_labels(key) if image_labels is not None else None
             if dest.exists() and not overwrite:
                 summary.skipped += 1
+            elif image_labels is not None and labels is None:
+                summary.unlabelled.append(key)
             else:
                 try:
                     image = read_rgb(path)
                     mask = probs_to_mask(predictor.probabilities(image), image, crf)
+                    if labels is not None:
+                        mask = keep_image_labels(mask, labels)
                     save_mask(dest, mask)
                     summary.written += 1
                 except ImageError as exc:
@@ -195,15 +221,15 @@ def predict_folder(
                 on_image(key)
     finally:
         summary.seconds = time.time() - started
-        write_json(
-            out / "predict.json",
-            {
-                **settings,
-                "images": len(found),
-                "written": summary.written,
-                "skipped_existing": summary.skipped,
-                "failed": summary.failed,
-                "seconds": round(summary.seconds, 3),
-            },
-        )
+        report = {
+            **settings,
+            "images": len(found),
+            "written": summary.written,
+            "skipped_existing": summary.skipped,
+            "failed": summary.failed,
+            "seconds": round(summary.seconds, 3),
+        }
+        if image_labels is not None:
+            report["unlabelled"] = summary.unlabelled
+        write_json(out / "predict.json", report)
     return summary

@@ -128,7 +128,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _truncate_jsonl(path: Path, upto: int) -> None:
+def truncate_jsonl(path: Path, upto: int) -> None:
     """Keep the lines of ``path`` whose iteration is <= ``upto`` (what a resumed run continues from)."""
     if not path.exists():
         return
@@ -184,7 +184,7 @@ def write_loss_curve(metrics_path: Path, dest: Path) -> None:
     write_bytes(dest, buf.getvalue())
 
 
-def _peak_memory(device: torch.device) -> dict[str, float]:
+def peak_memory(device: torch.device) -> dict[str, float]:
     peak = {"rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
     if device.type == "cuda":
         peak["cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -192,7 +192,7 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
@@ -264,7 +264,7 @@ class Trainer:
         self.model: DeepLabV2 = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.lr)
         for name in (METRICS, VAL):
-            _truncate_jsonl(cfg.out / name, 0)
+            truncate_jsonl(cfg.out / name, 0)
 
     def _setup_from_checkpoint(self, ckpt: dict[str, Any]) -> None:
         saved = ckpt["train_config"]
@@ -301,7 +301,7 @@ class Trainer:
                 "the resumed run will not repeat the original exactly"
             )
         for name in (METRICS, VAL):
-            _truncate_jsonl(cfg.out / name, st.iteration)
+            truncate_jsonl(cfg.out / name, st.iteration)
         self.reporter.message(f"resuming {cfg.out} at iteration {st.iteration} of {cfg.iters}")
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -387,7 +387,7 @@ class Trainer:
                 "iterations_per_second": round(ran / st.session_seconds, 4) if ran and st.session_seconds else None,
             },
             "final_loss": round(float(np.mean(st.losses[-20:])), 6) if st.losses else None,
-            "peak_memory": _peak_memory(self.device),
+            "peak_memory": peak_memory(self.device),
             "val": {"last": st.last_val, "best": st.best},
             "files": {"last": LAST, "best": BEST if st.best else None, "metrics": METRICS, "curve": CURVE},
         }
@@ -404,7 +404,7 @@ class Trainer:
             batch_sampler=sampler,
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_worker_init if cfg.workers > 0 else None,
+            worker_init_fn=worker_init if cfg.workers > 0 else None,
         )
 
     def run(self) -> dict[str, Any]:
