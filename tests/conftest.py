@@ -108,3 +108,17 @@ def make_image(path: Path, size: tuple[int, int] = (70, 90), seed: int = 0, mode
     path.parent.mkdir(parents=True, exist_ok=True)
     img.convert(mode).save(path)
     return path
+
+
+def interrupt_training_at(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
+    """Make retrain/refine training see Ctrl-C right after iteration ``stop`` is reported."""
+    from clipseg_cli.cli.training_bar import TrainingReporter
+
+    original = TrainingReporter.step
+
+    def step(self, iteration, loss, lr, it_per_s):  # type: ignore[no-untyped-def]  # noqa: ANN001
+        original(self, iteration, loss, lr, it_per_s)
+        if iteration == stop:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingReporter, "step", step)

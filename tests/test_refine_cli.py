@@ -17,7 +17,10 @@ from clipseg_cli.cli import app
 from clipseg_cli.segmentation.checkpoint import make_checkpoint, save_checkpoint
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
 
+from tests.conftest import interrupt_training_at
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 runner = CliRunner()
 NAMES = ["red", "green", "blue"]
 
@@ -124,26 +127,13 @@ def test_training_loss_halves_then_masks_follow_eq14(data: Path, golden_weights:
     assert len(json.loads((tmp_path / "p3" / "predict.json").read_text())["unlabelled"]) == 5
 
 
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
-    from clipseg_cli.cli import cmd_refine
-
-    original = cmd_refine._BarReporter.step
-
-    def step(self, iteration, loss, lr, it_per_s):  # type: ignore[no-untyped-def]
-        original(self, iteration, loss, lr, it_per_s)
-        if iteration == stop:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(cmd_refine._BarReporter, "step", step)
-
-
 def test_resume_is_bit_exact(data: Path, golden_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     common = ["--iters", "8", "--lr", "1e-3", "--save-every", "3", "--warmup", "0.25"]
     full = invoke(*train_args(data, golden_weights, tmp_path / "full", *common))
     assert full.exit_code == 0, full.output
 
     with monkeypatch.context() as m:
-        _interrupt_at(m, 4)
+        interrupt_training_at(m, 4)
         cut = invoke(*train_args(data, golden_weights, tmp_path / "cut", *common))
     assert cut.exit_code == 130, cut.output
     assert "--resume" in cut.output

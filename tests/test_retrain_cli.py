@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from clipseg_cli.cli import app
 from clipseg_cli.segmentation.checkpoint import make_checkpoint, save_checkpoint
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
+from tests.conftest import interrupt_training_at
 
 runner = CliRunner()
 
@@ -40,26 +41,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), 6, size=40, num_classes=3, seed=3)
 
 
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
-    from clipseg_cli.cli import cmd_retrain
-
-    original = cmd_retrain._BarReporter.step
-
-    def step(self, iteration, loss, lr, it_per_s):  # type: ignore[no-untyped-def]
-        original(self, iteration, loss, lr, it_per_s)
-        if iteration == stop:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(cmd_retrain._BarReporter, "step", step)
-
-
 def test_resume_is_bit_exact(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     common = [data / "images", data / "masks", *TINY, "--iters", "10", "--batch", "2", "--lr", "1e-3", "--save-every", "5"]
     full = invoke("retrain", *common, "--out", tmp_path / "full")
     assert full.exit_code == 0, full.output
 
     with monkeypatch.context() as m:
-        _interrupt_at(m, 5)
+        interrupt_training_at(m, 5)
         cut = invoke("retrain", *common, "--out", tmp_path / "cut")
     assert cut.exit_code == 130, cut.output
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 5
@@ -88,7 +76,7 @@ def test_resume_is_bit_exact(data: Path, tmp_path: Path, monkeypatch: pytest.Mon
 def test_resume_refuses_changed_settings(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     common = [data / "images", data / "masks", *TINY, "--iters", "4", "--batch", "1", "--save-every", "2"]
     with monkeypatch.context() as m:
-        _interrupt_at(m, 2)
+        interrupt_training_at(m, 2)
         assert invoke("retrain", *common, "--out", tmp_path / "r").exit_code == 130
     changed = invoke("retrain", *common[:-6], "--iters", "8", "--out", tmp_path / "r", "--resume")
     assert changed.exit_code == 2
