@@ -1,0 +1,52 @@
+"""`wsss-label report OUT`: a static HTML gallery to review a run's pseudo masks, worst first."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.errors import ConfigError
+
+
+class SortKey(str, Enum):
+    confidence = "confidence"
+    ignored = "ignored"
+    area = "area"
+    name = "name"
+    iou = "iou"
+
+
+def report(
+    out: Path = typer.Argument(..., help="Output folder of a run (`wsss-label IMAGES --labels ... --out OUT`): run.json and masks/, optionally cams/."),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="Folder of ground-truth label PNGs (as for `wsss-label eval`): adds each image's IoU, a GT column and the mIoU table."),
+    sort: SortKey = typer.Option(SortKey.confidence, "--sort", help="Initial order, worst first: confidence (lowest mean CRF confidence), ignored (largest 255 share), area (smallest foreground), name, iou (lowest, needs --gt)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the N worst images by --sort get a row and thumbnails (the summary covers all)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="The image folder, if it is no longer where run.json says (settings.images)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering thumbnails (default: one per CPU core)."),
+) -> None:
+    """Build OUT/report/index.html: a gallery of the pseudo masks that opens from disk."""
+    from clipseg_cli.report import build
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {workers}")
+    result = build(out, gt=gt, sort=sort.value, limit=limit, images=images, workers=workers, progress=True)
+    for warning in result.warnings[:5]:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    if len(result.warnings) > 5:
+        console.print(f"[yellow]warning:[/] ... and {len(result.warnings) - 5} more")
+    shown = f"{result.n_shown} of {result.n_images}" if result.n_shown != result.n_images else f"{result.n_images}"
+    console.print(
+        f"report: {result.index} ({shown} images; thumbnails: {result.rendered} rendered, "
+        f"{result.n_shown - min(result.n_shown, result.rendered)} up to date; {result.seconds:.1f} s)",
+        soft_wrap=True,
+    )
+    if result.gt is not None and result.gt["miou"] is not None:
+        console.print(f"mIoU {100 * result.gt['miou']:.2f}% over {result.gt['n_images']} image(s) with GT")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(handle_errors(report))
