@@ -179,7 +179,8 @@ def test_predict_dispatches_on_the_checkpoint_kind(data: Path, tmp_path: Path, m
     class Halves:
         class_names = ["left", "right"]
 
-        def probabilities(self, image: np.ndarray) -> np.ndarray:
+        def probabilities(self, image: np.ndarray, labels=None) -> np.ndarray:  # noqa: ANN001
+            seen.setdefault("labels", []).append(labels)
             h, w = image.shape[:2]
             probs = np.zeros((3, h, w), np.float32)
             probs[1, :, : w // 2] = 1
@@ -198,7 +199,23 @@ def test_predict_dispatches_on_the_checkpoint_kind(data: Path, tmp_path: Path, m
     out = tmp_path / "out"
     result = invoke("predict", data / "images", "--checkpoint", ckpt, "--out", out, "--scales", "1,2", "--flip", "--no-crf")
     assert result.exit_code == 0, result.output
+    assert seen.pop("labels") == [None] * 6
     assert seen == {"kind": "halves", "scales": (1.0, 2.0), "flip": True}
     mask = np.asarray(Image.open(out / "masks" / "s000.png"))
     assert mask.shape == (40, 40) and (mask[:, :20] == 1).all() and (mask[:, 20:] == 2).all()
     assert json.loads((out / "predict.json").read_text())["class_names"] == ["left", "right"]
+
+    # --labels: the predictor gets each image's mask values, other classes become 255, unlabelled skipped
+    labels = tmp_path / "labels.txt"
+    labels.write_text("s000.png right\ns001 LEFT right\n")
+    out2 = tmp_path / "out2"
+    result = invoke("predict", data / "images", "--checkpoint", ckpt, "--labels", labels, "--out", out2, "--no-crf")
+    assert result.exit_code == 0, result.output
+    assert seen["labels"][-6:].count(None) == 0 and [2] in seen["labels"] and [1, 2] in seen["labels"]
+    mask = np.asarray(Image.open(out2 / "masks" / "s000.png"))
+    assert (mask[:, :20] == 255).all() and (mask[:, 20:] == 2).all()
+    assert sorted(p.name for p in (out2 / "masks").iterdir()) == ["s000.png", "s001.png"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("s000.png up\n")
+    result = invoke("predict", data / "images", "--checkpoint", ckpt, "--labels", bad, "--out", tmp_path / "o3")
+    assert result.exit_code == 2 and "unknown class 'up'" in result.output

@@ -13,7 +13,7 @@ import typer
 
 from clipseg_cli import __version__
 
-COMMAND_MODULES = ("label", "evaluate", "sharpness", "retrain", "report", "refine")
+COMMAND_MODULES = ("label", "evaluate", "sharpness", "retrain", "report", "refine", "train_cam")
 DEFAULT_COMMAND = "label"
 
 app = typer.Typer(

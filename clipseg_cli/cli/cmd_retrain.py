@@ -133,7 +133,10 @@ def _run_retrain(
 
 def predict(
     images: Path = typer.Argument(..., help="Images to segment (folder, searched recursively, or one file)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint of retrain (RUN/last.pt, RUN/best.pt) or of refine train (it stores its labels and CLIP file)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint of retrain (RUN/last.pt, RUN/best.pt), refine train or train-cam."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", "-l", help="Image-level labels (as the main command): masks keep only each image's classes (others 255), unlabelled images are skipped; needed by CAM generators."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: masks/<rel>.png and predict.json."),
     scales: str = typer.Option("0.5,0.75,1", "--scales", help="Test scales whose softmax is averaged."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),
@@ -142,21 +145,24 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose mask exists (default: skip them, i.e. resume)."),
 ) -> None:
     """Segment images with a trained checkpoint; masks are written like the main command's."""
-    raise typer.Exit(_run_predict(images, checkpoint, out, scales, flip, crf, device, overwrite))
+    raise typer.Exit(_run_predict(images, checkpoint, labels, out, scales, flip, crf, device, overwrite))
 
 
 @handle_errors
 def _run_predict(
-    images: Path, checkpoint: Path, out: Path, scales: str, flip: bool, crf: bool, device: str, overwrite: bool
-) -> int:
+    images: Path, checkpoint: Path, labels: Optional[Path], out: Path, scales: str, flip: bool, crf: bool,
+    device: str, overwrite: bool,
+) -> int:  # fmt: skip
     from clipseg_cli.cli.console import progress_bar
     from clipseg_cli.device import resolve_device
+    from clipseg_cli.data.labels import read_labels_file
     from clipseg_cli.segmentation.predict import InferenceOptions, load_predictor, predict_folder
     from clipseg_cli.segmentation.train import out_of_memory_message
 
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such file or folder")
     options = InferenceOptions(scales=parse_scales(scales), flip=flip)
+    label_index = read_labels_file(labels) if labels is not None else None
     torch_device = resolve_device(device)
     predictor = load_predictor(checkpoint, torch_device, options)
     settings = {
@@ -166,6 +172,7 @@ def _run_predict(
         "scales": list(options.scales),
         "flip": flip,
         "crf": crf,
+        "labels": str(labels) if labels is not None else None,
         "device": str(torch_device),
     }
     with progress_bar() as bar:
@@ -174,6 +181,7 @@ def _run_predict(
             summary = predict_folder(
                 images, out, predictor, crf=crf, overwrite=overwrite, settings=settings,
                 on_start=lambda n: bar.update(task, total=n), on_image=lambda _k: bar.advance(task),
+                labels=label_index,
             )  # fmt: skip
         except RuntimeError as exc:
             message = out_of_memory_message(exc, torch_device)

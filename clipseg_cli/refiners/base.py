@@ -583,7 +583,7 @@ class RefinerPredictor:
         self.options = options
         self.labels = labels
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
+    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
         return multiscale_probs(
             self.model, self.model.normalization, image, self.device, self.options.scales, self.options.flip
         )

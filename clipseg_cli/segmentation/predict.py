@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipseg_cli.data.labels import LabelIndex
 from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.io.atomic import write_json
 from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
-from clipseg_cli.refiners import predictor_entries
+from clipseg_cli.cam_generators import predictor_entries as cam_generator_entries
+from clipseg_cli.refiners import predictor_entries as refiner_entries
 from clipseg_cli.segmentation.checkpoint import read_checkpoint
 from clipseg_cli.segmentation.dataset import list_images, read_rgb
 from clipseg_cli.segmentation.deeplab import DeepLabV2, Normalization, build_deeplabv2, upsample_logits
@@ -37,8 +39,12 @@ class Predictor(Protocol):
 
     class_names: list[str]
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> (1 + K, H, W) float32 class probabilities (channel 0 background)."""
+    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (1 + K, H, W) float32 class probabilities (channel 0 background).
+
+        ``labels``: the image's mask values (1 + c) when known; CAM generators need them (their
+        maps are per label), segmentation networks ignore them.
+        """
 
     # Optional: ``image_labels(key) -> Sequence[int] | None``, the mask values (1 + c) an image is
     # labelled with. A predictor that has it makes pseudo masks: every other class becomes 255
@@ -51,7 +57,8 @@ PredictorLoader = Callable[[dict[str, Any], torch.device, InferenceOptions], Pre
 PREDICTORS: dict[str, PredictorLoader | str] = {}
 
 
-PREDICTORS.update(predictor_entries())
+PREDICTORS.update(refiner_entries())
+PREDICTORS.update(cam_generator_entries())
 
 
 def register_predictor(kind: str) -> Callable[[PredictorLoader], PredictorLoader]:
@@ -104,7 +111,7 @@ class DeepLabPredictor:
         self.device = device
         self.options = options
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
+    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
         return multiscale_probs(self.model, self.norm, image, self.device, self.options.scales, self.options.flip)
 
 
@@ -146,6 +153,23 @@ def load_predictor(path: Path, device: torch.device, options: InferenceOptions) 
         raise ConfigError(f"--checkpoint {path}: {exc}") from None
 
 
+def labels_by_key(index: LabelIndex, class_names: Sequence[str]) -> Callable[[str], list[int] | None]:
+    """``key -> mask values (1 + c)`` of an image from a labels file; ConfigError on unknown names."""
+    lookup = {name.strip().lower(): 1 + i for i, name in enumerate(class_names)}
+    for key, names in index.labels.items():
+        unknown = [n for n in names if n.strip().lower() not in lookup]
+        if unknown:
+            raise ConfigError(
+                f"--labels: unknown class {unknown[0]!r} for {key}; the checkpoint's classes: {', '.join(class_names)}"
+            )
+
+    def image_labels(key: str) -> list[int] | None:
+        names = index.lookup(key)
+        return None if names is None else [lookup[n.strip().lower()] for n in names]
+
+    return image_labels
+
+
 def probs_to_mask(probs: np.ndarray, image: np.ndarray | None = None, crf: bool = False) -> np.ndarray:
     """Argmax of (optionally CRF-refined) probabilities -> uint8 label map."""
     if crf:
@@ -184,6 +208,7 @@ def predict_folder(
     settings: dict[str, Any],
     on_start: Callable[[int], None] | None = None,
     on_image: Callable[[str], None] | None = None,
+    labels: LabelIndex | None = None,
 ) -> PredictSummary:
     """Write ``out/masks/<rel>.png`` for every image (skipping existing ones unless ``overwrite``).
 
@@ -196,6 +221,8 @@ def predict_folder(
         raise ConfigError(f"IMAGES {images}: no images found")
     summary = PredictSummary()
     image_labels: Callable[[str], Sequence[int] | None] | None = getattr(predictor, "image_labels", None)
+    if labels is not None:  # --labels wins over labels stored in a checkpoint
+        image_labels = labels_by_key(labels, predictor.class_names)
     started = time.time()
     if on_start:
         on_start(len(found))
@@ -210,7 +237,7 @@ def predict_folder(
             else:
                 try:
                     image = read_rgb(path)
-                    mask = probs_to_mask(predictor.probabilities(image), image, crf)
+                    mask = probs_to_mask(predictor.probabilities(image, labels), image, crf)
                     if labels is not None:
                         mask = keep_image_labels(mask, labels)
                     save_mask(dest, mask)
