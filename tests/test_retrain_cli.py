@@ -191,6 +191,7 @@ def test_predict_dispatches_on_the_checkpoint_kind(data: Path, tmp_path: Path, m
 
     def load(ckpt, device, options):  # type: ignore[no-untyped-def]
         seen.update(kind=ckpt["kind"], scales=options.scales, flip=options.flip)
+        seen["cam_options"] = (options.bg_threshold, options.caa)
         return Halves()
 
     monkeypatch.setitem(predict_module.PREDICTORS, "halves", load)
@@ -200,6 +201,7 @@ def test_predict_dispatches_on_the_checkpoint_kind(data: Path, tmp_path: Path, m
     result = invoke("predict", data / "images", "--checkpoint", ckpt, "--out", out, "--scales", "1,2", "--flip", "--no-crf")
     assert result.exit_code == 0, result.output
     assert seen.pop("labels") == [None] * 6
+    assert seen.pop("cam_options") == (None, False)
     assert seen == {"kind": "halves", "scales": (1.0, 2.0), "flip": True}
     mask = np.asarray(Image.open(out / "masks" / "s000.png"))
     assert mask.shape == (40, 40) and (mask[:, :20] == 1).all() and (mask[:, 20:] == 2).all()
@@ -215,6 +217,11 @@ def test_predict_dispatches_on_the_checkpoint_kind(data: Path, tmp_path: Path, m
     mask = np.asarray(Image.open(out2 / "masks" / "s000.png"))
     assert (mask[:, :20] == 255).all() and (mask[:, 20:] == 2).all()
     assert sorted(p.name for p in (out2 / "masks").iterdir()) == ["s000.png", "s001.png"]
+    result = invoke("predict", data / "images", "--checkpoint", ckpt, "--out", tmp_path / "o4", "--no-crf",
+                    "--bg-threshold", "0.3", "--caa")  # fmt: skip
+    assert result.exit_code == 0 and seen["cam_options"] == (0.3, True)
+    result = invoke("predict", data / "images", "--checkpoint", ckpt, "--out", tmp_path / "o5", "--bg-threshold", "2")
+    assert result.exit_code == 2 and "--bg-threshold" in result.output
     bad = tmp_path / "bad.txt"
     bad.write_text("s000.png up\n")
     result = invoke("predict", data / "images", "--checkpoint", ckpt, "--labels", bad, "--out", tmp_path / "o3")

@@ -444,5 +444,5 @@ def load_predictor(ckpt: dict[str, Any], device: torch.device, options: Any) -> 
     background threshold ``options.bg_threshold`` when present, else 0.5)."""
     return predictor_from_checkpoint(
         ckpt, device, getattr(options, "scales", (1.0,)), bool(getattr(options, "flip", False)),
-        float(getattr(options, "bg_threshold", 0.5)),
+        float(getattr(options, "bg_threshold", None) or 0.5),
     )

@@ -143,15 +143,21 @@ def predict(
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF on the averaged probabilities (DeepLab defaults)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose mask exists (default: skip them, i.e. resume)."),
+    bg_threshold: Optional[float] = typer.Option(
+        None, "--bg-threshold", help="CAM generators (train-cam): background where no class map reaches this (default: the checkpoint's)."
+    ),
+    caa: bool = typer.Option(False, "--caa", help="CAM generators with a CLIP (clims): refine the maps with CLIP-ES's CAA."),
 ) -> None:
     """Segment images with a trained checkpoint; masks are written like the main command's."""
-    raise typer.Exit(_run_predict(images, checkpoint, labels, out, scales, flip, crf, device, overwrite))
+    raise typer.Exit(
+        _run_predict(images, checkpoint, labels, out, scales, flip, crf, device, overwrite, bg_threshold, caa)
+    )
 
 
 @handle_errors
 def _run_predict(
     images: Path, checkpoint: Path, labels: Optional[Path], out: Path, scales: str, flip: bool, crf: bool,
-    device: str, overwrite: bool,
+    device: str, overwrite: bool, bg_threshold: Optional[float], caa: bool,
 ) -> int:  # fmt: skip
     from clipseg_cli.cli.console import progress_bar
     from clipseg_cli.device import resolve_device
@@ -161,7 +167,9 @@ def _run_predict(
 
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such file or folder")
-    options = InferenceOptions(scales=parse_scales(scales), flip=flip)
+    if bg_threshold is not None and not 0.0 <= bg_threshold <= 1.0:
+        raise ConfigError(f"--bg-threshold must be in [0, 1], got {bg_threshold}")
+    options = InferenceOptions(scales=parse_scales(scales), flip=flip, bg_threshold=bg_threshold, caa=caa)
     label_index = read_labels_file(labels) if labels is not None else None
     torch_device = resolve_device(device)
     predictor = load_predictor(checkpoint, torch_device, options)
@@ -173,6 +181,8 @@ def _run_predict(
         "flip": flip,
         "crf": crf,
         "labels": str(labels) if labels is not None else None,
+        "bg_threshold": bg_threshold,
+        "caa": caa,
         "device": str(torch_device),
     }
     with progress_bar() as bar:

@@ -32,6 +32,9 @@ from clipseg_cli.segmentation.deeplab import DeepLabV2, Normalization, build_dee
 class InferenceOptions:
     scales: tuple[float, ...] = (0.5, 0.75, 1.0)
     flip: bool = False
+    bg_threshold: float | None = None  # CAM generators: background where no class map reaches it
+    caa: bool = False  # CAM generators that keep a CLIP: refine maps with CLIP-ES's CAA
+    caa_lam: float | None = None
 
 
 class Predictor(Protocol):

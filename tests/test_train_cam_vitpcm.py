@@ -1,0 +1,331 @@
+"""ViT-PCM (`wsss-label train-cam vitpcm`): losses, equivariance transforms, learning on synthetic
+shapes from image-level labels only, CLI, exact resume, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipseg_cli.cam_generators.vit_backbone import tiny_vit
+from clipseg_cli.cam_generators.vitpcm import (
+    HVBiLSTM,
+    PatchClassMapper,
+    VitPcmConfig,
+    VitPcmTrainer,
+    predictor_from_checkpoint,
+    second_branch,
+)
+from clipseg_cli.cam_generators.vitpcm_equivariance import (
+    equivariance_loss,
+    gmp_scores,
+    mce_loss,
+    mosaic,
+    mosaic_indices,
+    random_affine,
+    unmosaic,
+    unwarp,
+    warp,
+)
+from clipseg_cli.data.labels import read_labels_file
+from clipseg_cli.io.masks import load_label_map
+from clipseg_cli.segmentation.checkpoint import read_checkpoint
+from clipseg_cli.segmentation.synthetic import write_shapes_dataset
+from tests.conftest import Cli, interrupt_training_at, write_labels
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NAMES = ["red", "green", "blue"]
+
+
+def small_vit():  # type: ignore[no-untyped-def]
+    return tiny_vit(width=48, depth=2, heads=3, patch_size=4, grid=8)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 synthetic 64x64 images of coloured shapes, GT, and image-level labels derived from the GT."""
+    root = write_shapes_dataset(
+        tmp_path_factory.mktemp("vitpcm") / "shapes", 24, size=64, num_classes=3, seed=0
+    )
+    labels = {}
+    for p in sorted((root / "gt").glob("*.png")):
+        values = np.unique(load_label_map(p))
+        labels[p.name] = [NAMES[v - 1] for v in values if v > 0]
+    write_labels(root / "labels.json", labels)
+    return root
+
+
+# -- transforms and losses -----------------------------------------------------------------------
+def test_mosaic_and_inverse_round_trip_exactly() -> None:
+    x = torch.randn(8, 3, 6, 10)
+    m = mosaic(x)
+    assert m.shape == (2, 3, 12, 20)
+    assert torch.equal(m[0, :, :6, :10], x[0]) and torch.equal(m[0, :, :6, 10:], x[1])
+    assert torch.equal(m[0, :, 6:, :10], x[2]) and torch.equal(m[1, :, 6:, 10:], x[7])
+    assert torch.equal(unmosaic(m), x)
+    y = torch.randn(3, 5, 8, 4)
+    assert torch.equal(mosaic(unmosaic(y)), y)
+    assert mosaic_indices(6).tolist() == [0, 1, 2, 3, 4, 5, 0, 1]
+    with pytest.raises(ValueError):
+        mosaic(torch.zeros(3, 1, 2, 2))
+
+
+def test_affine_inverse_restores_the_interior() -> None:
+    gen = torch.Generator().manual_seed(0)
+    theta = random_affine(4, gen, max_shift=0.05, max_degrees=10, scales=(0.95, 1.05))
+    x = (
+        torch.linspace(0, 1, 32)[None, None].expand(4, 2, 32, 32)
+        + torch.linspace(0, 1, 32)[None, None, :, None]
+    )
+    back, valid = unwarp(warp(x, theta), theta)
+    assert valid.float().mean() > 0.6
+    err = (back - x).abs() * valid
+    assert float(err.max()) < 0.08  # two bilinear resamplings of a smooth ramp
+    identity = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]).expand(4, 2, 3)
+    same, ok = unwarp(warp(x, identity), identity)
+    assert bool(ok.all()) and torch.allclose(same, x, atol=1e-5)
+
+
+def test_equivariance_loss_zero_for_identical_branches_positive_otherwise() -> None:
+    torch.manual_seed(0)
+    p = torch.randn(2, 4, 5, 5).softmax(dim=1)
+    q = torch.randn(2, 4, 5, 5).softmax(dim=1)
+    assert float(equivariance_loss(p, p)) == pytest.approx(0.0, abs=1e-6)
+    assert float(equivariance_loss(p, q)) > 0.05
+    valid = torch.zeros(2, 1, 5, 5, dtype=torch.bool)
+    valid[:, :, :2] = True
+    q_masked = torch.where(valid, p, q)
+    assert float(equivariance_loss(p, q_masked, valid)) == pytest.approx(0.0, abs=1e-6)
+    assert float(equivariance_loss(p, q_masked)) > 0.0
+
+
+def test_gmp_scores_and_mce_eq1() -> None:
+    probs = torch.zeros(1, 3, 2, 2)
+    probs[0, 0] = torch.tensor([[0.9, 0.2], [0.5, 0.1]])
+    probs[0, 1] = torch.tensor([[0.1, 0.8], [0.5, 0.0]])
+    probs[0, 2] = 1 - probs[0, 0] - probs[0, 1]
+    assert torch.allclose(gmp_scores(probs), torch.tensor([[0.9, 0.8, 0.9]]))
+    t = torch.tensor([[1.0, 1.0, 0.0]])
+    expected = -(np.log(0.9) + np.log(0.8) + np.log(1 - 0.9)) / 3
+    assert float(mce_loss(probs, t)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_network_shapes_and_hv_bilstm() -> None:
+    lstm = HVBiLSTM(6, 5)
+    x = torch.randn(2, 3, 4, 6)
+    assert lstm(x).shape == (2, 3, 4, 20)
+    # the row half of a patch depends only on its row, the column half only on its column
+    y = x.clone()
+    y[:, 0, 0] += 1.0
+    d = (lstm(y) - lstm(x)).abs().detach()
+    assert float(d[:, 1:, 1:, :].max()) == 0.0
+    assert float(d[:, 0, 1:, :10].max()) > 0 and float(d[:, 0, 1:, 10:].max()) == 0.0
+    assert float(d[:, 1:, 0, 10:].max()) > 0 and float(d[:, 1:, 0, :10].max()) == 0.0
+    model = PatchClassMapper(small_vit(), 4, lstm_hidden=8)
+    images = torch.randn(3, 3, 32, 32)
+    probs = model(images)
+    assert probs.shape == (3, 4, 8, 8)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(3, 8, 8), atol=1e-5)
+    branch, valid = second_branch(model, images, torch.Generator().manual_seed(1))
+    assert branch.shape == (3, 4, 8, 8) and valid.shape == (3, 1, 8, 8) and valid.any()
+    assert model.set_trainable_blocks(1) and not model.backbone_frozen
+    assert all(p.requires_grad for p in model.backbone.blocks[-1].parameters())
+    assert not any(p.requires_grad for p in model.backbone.blocks[0].parameters())
+    assert model.set_trainable_blocks(0) == [] and model.backbone_frozen
+
+
+# -- learning from image-level labels ------------------------------------------------------------
+def miou_against_gt(run: Path, root: Path) -> float:
+    pred = predictor_from_checkpoint(
+        read_checkpoint(run / "last.pt"), torch.device("cpu")
+    )
+    labels = json.loads((root / "labels.json").read_text())
+    conf = np.zeros((4, 4), np.int64)
+    for p in sorted((root / "images").glob("*.png")):
+        image = np.asarray(Image.open(p).convert("RGB"))
+        gt = load_label_map(root / "gt" / p.name).astype(np.int64)
+        probs = pred.probabilities(image, [1 + NAMES.index(c) for c in labels[p.name]])
+        assert probs.shape == (4, 64, 64)
+        conf += np.bincount(
+            4 * gt.ravel() + probs.argmax(0).ravel(), minlength=16
+        ).reshape(4, 4)
+    iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf))
+    return float(iou.mean())
+
+
+def test_tiny_vit_learns_shapes_from_image_labels(shapes: Path, tmp_path: Path) -> None:
+    cfg = VitPcmConfig(
+        images=shapes / "images", out=tmp_path / "run", class_names=NAMES, size=32, batch=8, epochs=20,
+        frozen_epochs=2, lr=1e-3, lr_finetune=1e-3, unfreeze=2, lstm_hidden=16, predict_size=32, save_every=1000,
+    )  # fmt: skip
+    trainer = VitPcmTrainer(
+        cfg,
+        torch.device("cpu"),
+        read_labels_file(shapes / "labels.json"),
+        backbone=small_vit(),
+    )
+    summary = trainer.run()
+    assert (
+        summary["iteration"] == 60
+        and summary["frozen_iters"] == 6
+        and summary["status"] == "finished"
+    )
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["frozen"] for r in rows[5:7]] == [True, False]
+    assert np.mean([r["mce"] for r in rows[-5:]]) < 0.5 * np.mean(
+        [r["mce"] for r in rows[:5]]
+    )
+    miou = miou_against_gt(tmp_path / "run", shapes)
+    print(f"synthetic pixel mIoU {miou:.3f}")
+    assert miou >= 0.5
+
+
+# -- CLI, resume, predict ------------------------------------------------------------------------
+def train_args(root: Path, backbone: Path, out: Path, *extra: str) -> list[str | Path]:
+    return [
+        "train-cam", "vitpcm", root / "images", "--labels", root / "labels.json", "--classes", "red,green,blue",
+        "--out", out, "--backbone", backbone, "--size", "32", "--batch", "8", "--lstm-hidden", "8",
+        "--predict-size", "32", "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_resume_is_exact_then_predict(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli = Cli()
+    backbone = tmp_path / "vit.pt"
+    torch.save(small_vit().state_dict(), backbone)
+    common = [
+        "--epochs",
+        "3",
+        "--frozen-epochs",
+        "1",
+        "--unfreeze",
+        "1",
+        "--save-every",
+        "2",
+    ]
+    full = cli(*train_args(shapes, backbone, tmp_path / "full", *common))
+    assert full.exit_code == 0, full.output
+    with monkeypatch.context() as m:
+        interrupt_training_at(m, 5)
+        cut = cli(*train_args(shapes, backbone, tmp_path / "cut", *common))
+    assert cut.exit_code == 130, cut.output
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 5
+    again = cli(*train_args(shapes, backbone, tmp_path / "cut", *common))
+    assert again.exit_code == 2 and "--resume" in again.output
+    changed = cli(
+        *train_args(shapes, backbone, tmp_path / "cut", "--epochs", "4", "--resume")
+    )
+    assert changed.exit_code == 2 and "epochs" in changed.output
+    resumed = cli(
+        "train-cam",
+        "vitpcm",
+        shapes / "images",
+        "--out",
+        tmp_path / "cut",
+        "--resume",
+        "--device",
+        "cpu",
+    )
+    assert resumed.exit_code == 0, resumed.output
+
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert (
+        a["kind"] == b["kind"] == "cam.vitpcm" and a["iteration"] == b["iteration"] == 9
+    )
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values()
+    ):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(
+            sa["exp_avg_sq"], sb["exp_avg_sq"]
+        )
+    ra = [
+        json.loads(x)
+        for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
+    rb = [
+        json.loads(x)
+        for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["iteration"] for r in rb] == list(range(1, 10))
+    assert [(r["loss"], r["et"], r["lr"]) for r in ra] == [
+        (r["loss"], r["et"], r["lr"]) for r in rb
+    ]
+    assert (
+        json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "finished"
+    )
+
+    write_labels(
+        tmp_path / "some.json", {"s000.png": ["red", "blue"], "s001.png": ["green"]}
+    )
+    out = tmp_path / "pred"
+    result = cli("predict", shapes / "images", "--checkpoint", tmp_path / "cut" / "last.pt", "--labels",
+                 tmp_path / "some.json", "--out", out, "--no-crf", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["s000.png", "s001.png"]
+    mask = load_label_map(out / "masks" / "s001.png")
+    assert mask.shape == (64, 64) and set(np.unique(mask).tolist()) <= {0, 2}
+
+
+def test_cli_bad_options(shapes: Path, tmp_path: Path) -> None:
+    cli = Cli()
+    backbone = tmp_path / "vit.pt"
+    torch.save(small_vit().state_dict(), backbone)
+    for extra, words in (
+        (["--size", "36"], "--size"),
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "0"], "--lr"),
+    ):
+        result = cli(*train_args(shapes, backbone, tmp_path / "bad", *extra))
+        assert result.exit_code == 2 and words in result.output, result.output
+    result = cli(*train_args(shapes, tmp_path / "missing.pt", tmp_path / "bad"))
+    assert result.exit_code == 2 and "--backbone" in result.output
+
+
+def test_clip_backbone_trains_saves_and_rebuilds(
+    shapes: Path, golden_weights: Path, tmp_path: Path
+) -> None:
+    """--backbone clip: our CLIP's image tower (the golden tiny CLIP, /16 patches), rebuilt from the
+    checkpoint alone for predict (no CLIP file needed), giving the same probabilities."""
+    from clipseg_cli.cam_generators.vitpcm import build_model, describe_backbone
+    from clipseg_cli.clip.loading import load_clip
+
+    cli = Cli()
+    out = tmp_path / "clip"
+    result = cli(
+        "train-cam", "vitpcm", shapes / "images", "--labels", shapes / "labels.json", "--classes", "red,green,blue",
+        "--out", out, "--weights", golden_weights, "--size", "64", "--epochs", "2", "--frozen-epochs", "1",
+        "--batch", "12", "--lstm-hidden", "8", "--predict-size", "64", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ckpt = read_checkpoint(out / "last.pt")
+    desc = ckpt["model_config"]["backbone"]
+    assert (
+        desc["type"] == "clip" and desc["patch_size"] == 16 and ckpt["iteration"] == 4
+    )
+    assert describe_backbone(load_clip(golden_weights).visual) == desc
+    model = build_model(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    pred = predictor_from_checkpoint(ckpt, torch.device("cpu"))
+    image = np.asarray(Image.open(shapes / "images" / "s000.png").convert("RGB"))
+    probs = pred.probabilities(image, [1, 3])
+    assert probs.shape == (4, 64, 64) and np.allclose(probs[2], 0.0)
+    assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    # frozen first epoch: the backbone's first block is never trained, the last one is after the switch
+    first = load_clip(golden_weights).visual.float().state_dict()
+    key = "transformer.resblocks.0.mlp.c_fc.weight"
+    assert torch.equal(ckpt["model"]["backbone." + key], first[key])
+    last = f"transformer.resblocks.{desc['depth'] - 1}.mlp.c_fc.weight"
+    assert not torch.equal(ckpt["model"]["backbone." + last], first[last])
