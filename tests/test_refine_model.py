@@ -208,7 +208,7 @@ def test_predict_folder_applies_eq14_and_skips_unlabelled(tmp_path: Path) -> Non
     class Thirds:
         class_names = CLASSES
 
-        def probabilities(self, image: np.ndarray) -> np.ndarray:
+        def probabilities(self, image: np.ndarray, labels=None) -> np.ndarray:  # noqa: ANN001
             h, w = image.shape[:2]
             probs = np.zeros((4, h, w), np.float32)
             for c in range(4):
