@@ -12,7 +12,7 @@ import posixpath
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -120,66 +120,139 @@ def make_plan(
     return plan
 
 
+# Exceptions that fail one image and let the run go on (anything else is a bug and ends the run).
+IMAGE_FAILURES: tuple[type[BaseException], ...] = (ImageError, RuntimeError, ValueError, MemoryError, OSError)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one-line ``reason`` of run.json's ``failed`` entry for an image that raised ``exc``."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one image of the plan: its stage seconds when done, else why it failed."""
+
+    item: WorkItem
+    seconds: dict[str, float] | None = None
+    error: str | None = None
+
+    @classmethod
+    def failure(cls, item: WorkItem, exc: BaseException) -> Outcome:
+        return cls(item, error=failure_reason(exc))
+
+
+def image_entry(item: WorkItem, seconds: dict[str, float] | None) -> dict[str, Any]:
+    """run.json's entry for a labelled image (``seconds`` None: done by an earlier run, times unknown)."""
+    timing = None if seconds is None else {k: round(v, 4) for k, v in seconds.items()}
+    return {"image": item.rel, "labels": list(item.names), "seconds": timing}
+
+
+def write_image_outputs(
+    layout: OutputLayout,
+    item: WorkItem,
+    image: np.ndarray,
+    result: LabelResult,
+    save_cams: bool,
+    visualize: bool,
+) -> None:
+    """Write the files of one finished image, each atomically, the mask last.
+
+    The one writer for every backend (serial, worker processes, Ray tasks), so their files
+    are the same; rewriting an image (a retried Ray task) replaces each file whole.
+    """
+    if save_cams:
+        arrays: dict[str, np.ndarray] = {
+            "labels": np.asarray(item.labels, dtype=np.int64),
+            "cam": result.cam.astype(np.float32),
+            "refined": result.refined.astype(np.float32),
+        }
+        if result.confidence is not None:
+            arrays["confidence"] = result.confidence.astype(np.float16)
+        write_npz(layout.cams(item), **arrays)
+    if visualize:
+        save_visualization(layout.visual(item), image, result.mask, result.refined, item.names)
+    save_mask(layout.mask(item), result.mask)
+
+
+# An engine labels the given images and calls ``record`` once per image, in any order and
+# from the calling thread. It may raise KeyboardInterrupt after recording what finished.
+Record = Callable[[Outcome], None]
+Engine = Callable[[Sequence[WorkItem], Record], None]
+
+
 @dataclass
 class LabelJob:
     images_root: Path
     layout: OutputLayout
-    predictor: CLIPESPredictor
+    predictor: CLIPESPredictor | None  # None when an engine brings its own models (Ray)
     save_cams: bool = False
     visualize: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
 
     def process(self, item: WorkItem) -> LabelResult:
         """Label one image and write its files (mask last)."""
+        if self.predictor is None:  # a programming error, not one image's failure
+            raise TypeError("this LabelJob has no predictor: pass an engine to run()")
         image = load_rgb(self.images_root / item.rel)
         result = self.predictor.predict(image, item.labels)
-        if self.save_cams:
-            arrays: dict[str, np.ndarray] = {
-                "labels": np.asarray(item.labels, dtype=np.int64),
-                "cam": result.cam.astype(np.float32),
-                "refined": result.refined.astype(np.float32),
-            }
-            if result.confidence is not None:
-                arrays["confidence"] = result.confidence.astype(np.float16)
-            write_npz(self.layout.cams(item), **arrays)
-        if self.visualize:
-            save_visualization(self.layout.visual(item), image, result.mask, result.refined, item.names)
-        save_mask(self.layout.mask(item), result.mask)
+        write_image_outputs(self.layout, item, image, result, self.save_cams, self.visualize)
         return result
 
-    def run(self, plan: Plan, on_progress: Callable[[WorkItem], None] | None = None) -> dict[str, Any]:
-        """Process the plan's images; returns the run summary (also written as run.json)."""
+    def attempt(self, item: WorkItem) -> Outcome:
+        """``process`` with the failures of one image caught and described."""
+        try:
+            result = self.process(item)
+        except IMAGE_FAILURES as exc:
+            return Outcome.failure(item, exc)
+        return Outcome(item, seconds=result.seconds)
+
+    def run_serial(self, items: Sequence[WorkItem], record: Record) -> None:
+        """The in-process engine: one image after the other."""
+        for item in items:
+            record(self.attempt(item))
+
+    def run(
+        self,
+        plan: Plan,
+        on_progress: Callable[[WorkItem], None] | None = None,
+        engine: Engine | None = None,
+    ) -> dict[str, Any]:
+        """Process the plan's images; returns the run summary (also written as run.json).
+
+        ``engine`` does the images (default: ``run_serial``); whatever it is, the entries,
+        failures and run.json are made here, so every backend records the same things.
+        """
         remove_stale_parts(self.layout.root)
         previous = _previous_entries(self.layout.run_file)
-        entries = {
-            item.rel: previous.get(item.rel) or {"image": item.rel, "labels": list(item.names), "seconds": None}
-            for item in plan.done
-        }
-        failed = list(plan.failed)
+        entries = {item.rel: previous.get(item.rel) or image_entry(item, None) for item in plan.done}
+        run_failed: dict[str, str] = {}
         processed = 0
         started = time.time()
         interrupted = False
+
+        def record(outcome: Outcome) -> None:
+            nonlocal processed
+            item = outcome.item
+            if outcome.error is None:
+                processed += 1
+                entries[item.rel] = image_entry(item, outcome.seconds)
+            else:
+                run_failed[item.rel] = outcome.error
+            if on_progress:
+                on_progress(item)
+
         try:
-            for item in plan.todo:
-                try:
-                    result = self.process(item)
-                except ImageError as exc:
-                    failed.append({"image": item.rel, "reason": str(exc)})
-                except (RuntimeError, ValueError, MemoryError, OSError) as exc:
-                    failed.append({"image": item.rel, "reason": f"{type(exc).__name__}: {_first_line(exc)}"})
-                else:
-                    processed += 1
-                    entries[item.rel] = {
-                        "image": item.rel,
-                        "labels": list(item.names),
-                        "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
-                    }
-                if on_progress:
-                    on_progress(item)
+            (engine or self.run_serial)(plan.todo, record)
         except KeyboardInterrupt:
             interrupted = True
             raise
         finally:
+            # Failures in plan order, whatever order an engine finished the images in.
+            failed = list(plan.failed)
+            failed += [{"image": i.rel, "reason": run_failed[i.rel]} for i in plan.todo if i.rel in run_failed]
             summary = self.summary(plan, entries, failed, processed, time.time() - started, interrupted)
             write_json(self.layout.run_file, summary)
         return summary

@@ -244,3 +244,9 @@ def test_ctrl_c_leaves_no_partial_files_and_rerun_resumes(tmp_path: Path, golden
     summary = json.loads((out / "run.json").read_text())
     assert summary["counts"]["already_done"] == finished
     assert summary["counts"]["processed_this_run"] == n - finished
+
+
+def test_error_lines_keep_square_brackets(tmp_path: Path, cli) -> None:
+    """Error text is printed literally, not read as Rich markup."""
+    result = cli(tmp_path / "no[such]folder", "--labels", tmp_path / "l.json", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "no[such]folder" in result.output

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors, progress_bar
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+
+if TYPE_CHECKING:
+    from clipseg_cli.cam.pipeline import CLIPESSettings
+    from clipseg_cli.data.classes import ClassSet
+    from clipseg_cli.labeling import Engine, LabelJob, Plan
+
+BACKENDS = ("local", "ray")
 
 
 def _check_settings(templates: list[str], lam: float, mu: float, max_side: int, synonyms: str) -> None:
@@ -25,6 +32,17 @@ def _check_settings(templates: list[str], lam: float, mu: float, max_side: int, 
         raise ConfigError(f"--max-side must be 0 (no limit) or at least 16, got {max_side}")
     if synonyms not in SYNONYM_MODES:
         raise ConfigError(f"--synonyms must be one of {', '.join(SYNONYM_MODES)}, got {synonyms!r}")
+
+
+def _check_scale(workers: Optional[int], backend: str, ray_address: Optional[str]) -> None:
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be 0 (everything in this process) or more, got {workers}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if ray_address and backend != "ray":
+        raise ConfigError("--ray-address needs --backend ray")
+    if workers is not None and backend == "ray":
+        raise ConfigError("--workers is for --backend local; each Ray task labels its shard on one CPU (or GPU)")
 
 
 def label(
@@ -53,12 +71,21 @@ def label(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     max_side: int = typer.Option(1024, "--max-side", help="Scale larger images down to this long side first (0: never)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose mask exists (default: skip them, i.e. resume)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers",
+        help="Worker processes that decode images and run the CRF and writing while this process runs the model; "
+        "0: everything in this process. Default: one per CPU core, at most 8 (0 on one core or for one image).",
+    ),
+    backend: str = typer.Option("local", "--backend", help="local | ray: shard the images over a Ray cluster (needs: pip install 'wsss-label\\[ray]')."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="With --backend ray: the cluster to join (e.g. auto, HOST:6379); default $RAY_ADDRESS, else a local Ray."
+    ),
 ) -> None:
     """Make CLIP-ES pseudo masks for a folder of images with image-level labels."""
     raise typer.Exit(
         _run(
             images, labels, annotations, out, classes, weights, template, background, lam, mu,
-            synonyms, crf, save_cams, visualize, device, max_side, overwrite,
+            synonyms, crf, save_cams, visualize, device, max_side, overwrite, workers, backend, ray_address,
         )
     )
 
@@ -68,6 +95,7 @@ def _run(
     images: Path, labels: Optional[Path], annotations: Optional[Path], out: Path, classes: str,
     weights: Optional[Path], template: list[str], background: Optional[str], lam: Optional[float], mu: float,
     synonyms: str, crf: bool, save_cams: bool, visualize: bool, device: str, max_side: int, overwrite: bool,
+    workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None,
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
     from clipseg_cli.clip.loading import load_clip
@@ -85,10 +113,16 @@ def _run(
     class_set = class_set.with_background(load_background(background, class_set))
     lam = class_set.lam if lam is None else lam
     _check_settings(template, lam, mu, max_side, synonyms)
+    _check_scale(workers, backend, ray_address)
+    if backend == "ray":
+        from clipseg_cli.scale.ray_backend import import_ray
+
+        import_ray()  # not installed: exit 2 before anything is loaded
     index = read_labels_file(labels) if labels is not None else read_voc_annotations(annotations)  # type: ignore[arg-type]
     layout = OutputLayout(out)
     plan = make_plan(images, index, class_set, layout, overwrite, need_cams=save_cams)
-    torch_device = resolve_device(device)
+    # On Ray each task resolves --device on its own node; here the weights are only checked.
+    torch_device = resolve_device(device) if backend == "local" else resolve_device("cpu")
 
     with progress_bar() as bar:
         task = bar.add_task("downloading CLIP weights", total=None, visible=False)
@@ -101,7 +135,8 @@ def _run(
     settings = CLIPESSettings(
         templates=tuple(template), synonyms=synonyms, lam=lam, mu=mu, crf=crf, max_side=max_side or None  # type: ignore[arg-type]
     )
-    predictor = CLIPESPredictor(model, class_set, settings)
+    predictor = CLIPESPredictor(model, class_set, settings) if backend == "local" else None
+    del model
     job = LabelJob(
         images_root=images,
         layout=layout,
@@ -120,15 +155,16 @@ def _run(
             "mu": mu,
             "crf": crf,
             "max_side": max_side,
-            "device": str(torch_device),
+            "device": str(torch_device) if backend == "local" else device,
             "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
         },
     )
     if plan.done:
         console.print(f"resuming: {len(plan.done)} image(s) already have masks (use --overwrite to redo them)")
+    engine, description = _engine(job, plan, workers, backend, ray_address, resolved.path, class_set, settings, device)
     with progress_bar() as bar:
-        task = bar.add_task("labelling", total=len(plan.todo))
-        summary = job.run(plan, on_progress=lambda _item: bar.advance(task))
+        task = bar.add_task(description, total=len(plan.todo))
+        summary = job.run(plan, on_progress=lambda _item: bar.advance(task), engine=engine)
     counts = summary["counts"]
     console.print(
         f"done: {counts['processed_this_run']} labelled, {counts['already_done']} already done, "
@@ -141,6 +177,35 @@ def _run(
     if len(summary["failed"]) > 10:
         console.print(f"  ... and {len(summary['failed']) - 10} more failures in {layout.run_file}")
     return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
+
+
+def _engine(
+    job: LabelJob, plan: Plan, workers: Optional[int], backend: str, ray_address: Optional[str],
+    weights: Path, class_set: ClassSet, settings: CLIPESSettings, device: str,
+) -> tuple[Optional[Engine], str]:  # fmt: skip
+    """The engine that does the images (None: serial, in this process) and the progress bar's text."""
+    if backend == "ray":
+        from clipseg_cli.scale.ray_backend import ShardSpec, ray_engine
+
+        spec = ShardSpec(
+            images_root=str(job.images_root.resolve()),
+            out=str(job.layout.root.resolve()),
+            weights=str(Path(weights).resolve()),
+            class_set=class_set,
+            settings=settings,
+            device=device,
+            save_cams=job.save_cams,
+            visualize=job.visualize,
+        )
+        return ray_engine(spec, ray_address), "labelling on Ray"
+    from clipseg_cli.scale import default_workers
+
+    n = default_workers(len(plan.todo)) if workers is None else workers
+    if n == 0:
+        return None, "labelling"
+    from clipseg_cli.scale.workers import worker_engine
+
+    return worker_engine(job, n), f"labelling ({n} worker{'s' if n > 1 else ''})"
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ from typing import Callable, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +27,7 @@ R = TypeVar("R")
 
 def fail(message: str, code: int) -> typer.Exit:
     """Print ``error: message`` on one line and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 

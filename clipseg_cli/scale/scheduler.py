@@ -1,0 +1,244 @@
+"""A bounded three-stage pipeline: *prepare* in a pool, *model* in this thread, *finish* in the pool.
+
+The model stays in the calling (main) process, where the weights and the GPU are; decoding
+before it and the CRF and file writing after it run in worker processes, overlapping it.
+
+Memory stays flat however many images there are: at most ``prefetch`` images are being
+prepared or wait for the model, and at most ``window`` are being finished; when the finish
+window is full the model waits (back-pressure) instead of piling results up.
+
+Failures of one image (``labeling.IMAGE_FAILURES``, raised in any stage) are recorded as
+that image's outcome and the run goes on. A worker process that dies (killed for memory, a
+crash in native code) breaks the pool: a new pool is started and the images that were in
+flight are tried again; an image in flight during ``MAX_POOL_BREAKS`` breaks is recorded as
+failed. Ctrl-C (KeyboardInterrupt in this thread): nothing new starts, the images being
+finished are waited for and recorded (their files are complete), then KeyboardInterrupt goes
+on; a second Ctrl-C while waiting terminates the workers and calls ``on_abort`` (which
+removes half-written files).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, wait
+from typing import Any, Callable, Sequence
+
+from clipseg_cli.labeling import IMAGE_FAILURES, Outcome, Record, WorkItem
+
+MAX_POOL_BREAKS = 2
+
+PrepareFn = Callable[[WorkItem], Any]  # runs in the pool
+ModelFn = Callable[[WorkItem, Any], tuple]  # runs here: prepared -> finish arguments
+FinishFn = Callable[..., dict]  # runs in the pool: (item, *arguments) -> seconds
+
+
+class Pipeline:
+    def __init__(
+        self,
+        make_executor: Callable[[], Executor],
+        prepare: PrepareFn,
+        model: ModelFn,
+        finish: FinishFn,
+        *,
+        prefetch: int,
+        window: int,
+        on_abort: Callable[[], Any] | None = None,
+    ) -> None:
+        if prefetch < 1 or window < 1:
+            raise ValueError("prefetch and window must be at least 1")
+        self.make_executor = make_executor
+        self.prepare = prepare
+        self.model = model
+        self.finish = finish
+        self.prefetch = prefetch
+        self.window = window
+        self.on_abort = on_abort
+        self.max_in_flight = 0  # the most images held at once (prepare + model + finish)
+        self.restarts = 0
+        self._in_model = 0
+        self._executor: Executor | None = None
+        self._pending: collections.deque[WorkItem] = collections.deque()
+        self._prep: collections.deque[tuple[WorkItem, Future]] = collections.deque()
+        self._fin: dict[Future, tuple[WorkItem, tuple]] = {}
+        self._breaks: collections.Counter[str] = collections.Counter()
+
+    # -- driving -------------------------------------------------------------------------
+
+    def run(self, items: Sequence[WorkItem], record: Record) -> None:
+        """Label ``items``; ``record`` is called here, once per image, as each one ends."""
+        self._pending = collections.deque(items)
+        if not self._pending:
+            return
+        self._executor = self.make_executor()
+        try:
+            self._loop(record)
+        except KeyboardInterrupt:
+            self._drain(record)
+            raise
+        finally:
+            self._shutdown()
+
+    def _loop(self, record: Record) -> None:
+        while self._pending or self._prep or self._fin:
+            self._harvest(record)
+            self._fill()
+            if self._prep and len(self._fin) < self.window:
+                item, future = self._prep[0]
+                if not future.done():
+                    self._wait_and_harvest(record, future)
+                    continue
+                self._prep.popleft()
+                self._run_model(item, future, record)
+            elif self._fin:
+                self._wait_and_harvest(record)
+
+    def _fill(self) -> None:
+        while self._pending and len(self._prep) < self.prefetch:
+            item = self._pending.popleft()
+            self._prep.append((item, self._submit(self.prepare, item)))
+        self._note_in_flight()
+
+    def _run_model(self, item: WorkItem, future: Future, record: Record) -> None:
+        try:
+            prepared = future.result()
+        except BrokenExecutor:
+            self._prep.appendleft((item, future))
+            self._restart(record)
+            return
+        except IMAGE_FAILURES as exc:
+            record(Outcome.failure(item, exc))
+            return
+        self._in_model = 1
+        self._note_in_flight()
+        try:
+            args = self.model(item, prepared)
+        except IMAGE_FAILURES as exc:
+            record(Outcome.failure(item, exc))
+            return
+        finally:
+            self._in_model = 0
+            del prepared
+        self._fin[self._submit(self.finish, item, *args)] = (item, args)
+        self._note_in_flight()
+
+    def _note_in_flight(self) -> None:
+        self.max_in_flight = max(self.max_in_flight, len(self._prep) + self._in_model + len(self._fin))
+
+    def _submit(self, fn: Callable, *args: Any) -> Future:
+        assert self._executor is not None
+        try:
+            return self._executor.submit(fn, *args)
+        except BrokenExecutor as exc:
+            # A finished future carrying the error, so the usual path restarts the pool.
+            failed: Future = Future()
+            failed.set_exception(exc)
+            return failed
+
+    def _wait_and_harvest(self, record: Record, *extra: Future, restart: bool = True) -> None:
+        """Wait until one of ``extra`` or of the images being finished is done, then harvest."""
+        waiting = [*extra, *self._fin]
+        if waiting:
+            wait(waiting, return_when=FIRST_COMPLETED)
+        self._harvest(record, restart)
+
+    def _harvest(self, record: Record, restart: bool = True) -> None:
+        """Record the images whose finish is done (without waiting)."""
+        broken = False
+        for future in [f for f in self._fin if f.done()]:
+            item = self._fin[future][0]
+            try:
+                seconds = future.result()
+            except BrokenExecutor:
+                broken = True
+                continue  # stays in _fin: tried again by _restart
+            except IMAGE_FAILURES as exc:
+                del self._fin[future]
+                record(Outcome.failure(item, exc))
+                continue
+            del self._fin[future]
+            record(Outcome(item, seconds=seconds))
+        if broken and restart:
+            self._restart(record)
+        elif broken:
+            self._fin = {f: v for f, v in self._fin.items() if not f.done()}
+
+    # -- a worker died -------------------------------------------------------------------
+
+    def _restart(self, record: Record) -> None:
+        """Replace a broken pool; resubmit what was in flight, fail what was in too many breaks."""
+        old = self._executor
+        assert old is not None
+        with contextlib.suppress(Exception):
+            old.shutdown(wait=False, cancel_futures=True)
+        self._executor = self.make_executor()
+        self.restarts += 1
+
+        def broke(future: Future) -> bool:
+            return future.done() and not future.cancelled() and isinstance(future.exception(), BrokenExecutor)
+
+        def give_up(item: WorkItem) -> bool:
+            self._breaks[item.rel] += 1
+            if self._breaks[item.rel] < MAX_POOL_BREAKS:
+                return False
+            reason = f"worker process died {self._breaks[item.rel]} times while this image was in flight"
+            record(Outcome(item, error=f"RuntimeError: {reason}"))
+            return True
+
+        prep: collections.deque[tuple[WorkItem, Future]] = collections.deque()
+        for item, future in self._prep:
+            if not broke(future) and future.done():
+                prep.append((item, future))  # its result (or its own error) is still good
+            elif not give_up(item):
+                prep.append((item, self._submit(self.prepare, item)))
+        fin: dict[Future, tuple[WorkItem, tuple]] = {}
+        for future, (item, args) in self._fin.items():
+            if not broke(future) and future.done():
+                fin[future] = (item, args)
+            elif not give_up(item):
+                fin[self._submit(self.finish, item, *args)] = (item, args)
+        self._prep, self._fin = prep, fin
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def _drain(self, record: Record) -> None:
+        """After Ctrl-C: start nothing new, record the images being finished, then stop."""
+        self._pending.clear()
+        for _item, future in self._prep:
+            future.cancel()
+        self._prep.clear()
+        try:
+            while self._fin:
+                self._wait_and_harvest(record, restart=False)
+        except KeyboardInterrupt:
+            self._terminate()
+            raise
+
+    def _terminate(self) -> None:
+        """Kill the workers now (second Ctrl-C); their half-written files go with ``on_abort``."""
+        executor = self._executor
+        if executor is None:
+            return
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        if hasattr(executor, "terminate_workers"):  # Python >= 3.14
+            with contextlib.suppress(Exception):
+                executor.terminate_workers()
+        else:
+            for process in processes:
+                with contextlib.suppress(Exception):
+                    process.terminate()
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.join(timeout=5)
+        with contextlib.suppress(Exception):
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        self._fin.clear()
+        if self.on_abort is not None:
+            self.on_abort()
+
+    def _shutdown(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # Waits for the (few) tasks already handed to workers: no file is left half-written.
+            executor.shutdown(wait=True, cancel_futures=True)
