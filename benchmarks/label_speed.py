@@ -22,18 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-VIT_B_16 = dict(
-    embed_dim=512,
-    image_resolution=224,
-    vision_layers=12,
-    vision_width=768,
-    vision_patch_size=16,
-    context_length=77,
-    vocab_size=49408,
-    text_width=512,
-    text_heads=8,
-    text_layers=12,
-)
+from clipseg_cli.clip.model import VIT_B_16_CONFIG
+
+VIT_B_16 = dict(VIT_B_16_CONFIG.__dict__)
 
 
 def measure(size: tuple[int, int], n_labels: int, repeats: int, device: str, gradcam: str) -> dict[str, float]:

@@ -34,20 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipseg_cli.clip.model import VIT_B_16_CONFIG
+
 ROOT = Path(__file__).resolve().parents[1]
 
-VIT_B_16 = dict(
-    embed_dim=512,
-    image_resolution=224,
-    vision_layers=12,
-    vision_width=768,
-    vision_patch_size=16,
-    context_length=77,
-    vocab_size=49408,
-    text_width=512,
-    text_heads=8,
-    text_layers=12,
-)
+VIT_B_16 = dict(VIT_B_16_CONFIG.__dict__)
 TINY = dict(VIT_B_16, embed_dim=32, vision_width=64, text_width=32, text_heads=1, text_layers=2)
 VOC_LABELS = ["cat", "person", "dog", "car"]
 

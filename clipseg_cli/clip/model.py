@@ -39,6 +39,21 @@ class CLIPConfig:
         return self.image_resolution // self.vision_patch_size
 
 
+# OpenAI's ViT-B/16 CLIP, for benchmarks that build random weights of the real size.
+VIT_B_16_CONFIG = CLIPConfig(
+    embed_dim=512,
+    image_resolution=224,
+    vision_layers=12,
+    vision_width=768,
+    vision_patch_size=16,
+    context_length=77,
+    vocab_size=49408,
+    text_width=512,
+    text_heads=8,
+    text_layers=12,
+)
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the input dtype (as OpenAI's CLIP does)."""
 
