@@ -250,3 +250,13 @@ def test_error_lines_keep_square_brackets(tmp_path: Path, cli) -> None:
     """Error text is printed literally, not read as Rich markup."""
     result = cli(tmp_path / "no[such]folder", "--labels", tmp_path / "l.json", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "no[such]folder" in result.output
+
+
+def test_report_option_builds_the_gallery_at_the_end(tmp_path: Path, run) -> None:
+    make_image(tmp_path / "images" / "a.png", (40, 60))
+    make_image(tmp_path / "images" / "b.png", (40, 60), seed=1)
+    labels = write_labels(tmp_path / "labels.json", {"a.png": ["cat"], "b.png": ["dog"]})
+    result, out, _ = run(tmp_path / "images", labels, "--report", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    page = (out / "report" / "index.html").read_text()
+    assert "a.png" in page and "b.png" in page

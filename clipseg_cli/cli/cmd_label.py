@@ -80,12 +80,13 @@ def label(
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", help="With --backend ray: the cluster to join (e.g. auto, HOST:6379); default $RAY_ADDRESS, else a local Ray."
     ),
+    report: bool = typer.Option(False, "--report", help="At the end, build OUT/report/index.html (as `wsss-label report OUT`)."),
 ) -> None:
     """Make CLIP-ES pseudo masks for a folder of images with image-level labels."""
     raise typer.Exit(
         _run(
             images, labels, annotations, out, classes, weights, template, background, lam, mu,
-            synonyms, crf, save_cams, visualize, device, max_side, overwrite, workers, backend, ray_address,
+            synonyms, crf, save_cams, visualize, device, max_side, overwrite, workers, backend, ray_address, report,
         )
     )
 
@@ -95,7 +96,7 @@ def _run(
     images: Path, labels: Optional[Path], annotations: Optional[Path], out: Path, classes: str,
     weights: Optional[Path], template: list[str], background: Optional[str], lam: Optional[float], mu: float,
     synonyms: str, crf: bool, save_cams: bool, visualize: bool, device: str, max_side: int, overwrite: bool,
-    workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None,
+    workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None, report: bool = False,
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
     from clipseg_cli.clip.loading import load_clip
@@ -176,6 +177,10 @@ def _run(
         console.print(f"  [red]failed[/] {entry['image']}: {entry['reason']}")
     if len(summary["failed"]) > 10:
         console.print(f"  ... and {len(summary['failed']) - 10} more failures in {layout.run_file}")
+    if report and summary["images"]:
+        from clipseg_cli.report import build_report
+
+        console.print(f"report: {build_report(out)}")
     return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
 
 
