@@ -8,10 +8,10 @@ from typing import Any, Optional
 
 import typer
 
-from clipseg_cli.cli.cmd_retrain import parse_scales
+from clipseg_cli.cli.cmd_retrain import parse_scales, predict_with_progress
 from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
-from clipseg_cli.cli.console import console, handle_errors, progress_bar
-from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.errors import EXIT_OK, ConfigError
 
 # train option name -> RefineConfig.flat() key, for the settings --resume keeps from the run.
 _DEFINING_OPTIONS = {
@@ -222,8 +222,7 @@ def _run_predict(
         recorded_weights,
     )
     from clipseg_cli.segmentation.checkpoint import read_checkpoint
-    from clipseg_cli.segmentation.predict import InferenceOptions, predict_folder
-    from clipseg_cli.segmentation.train import out_of_memory_message
+    from clipseg_cli.segmentation.predict import InferenceOptions
 
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such file or folder")
@@ -264,25 +263,10 @@ def _run_predict(
         "device": str(torch_device),
         "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
     }
-    with progress_bar() as bar:
-        task = bar.add_task("refining", total=None)
-        try:
-            summary = predict_folder(
-                images, out, predictor, crf=crf, overwrite=overwrite, settings=settings,
-                on_start=lambda n: bar.update(task, total=n), on_image=lambda _k: bar.advance(task),
-            )  # fmt: skip
-        except RuntimeError as exc:
-            message = out_of_memory_message(exc, torch_device)
-            if message is None:
-                raise
-            raise ConfigError(f"{message}; use fewer or smaller --scales, or --device cpu") from None
-    console.print(
-        f"done: {summary.written} written, {summary.skipped} already there, {len(summary.unlabelled)} without labels, "
-        f"{len(summary.failed)} failed -> {out / 'masks'}"
-    )
-    for entry in summary.failed[:10]:
-        console.print(f"  [red]failed[/] {entry['image']}: {entry['error']}", soft_wrap=True)
-    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+    return predict_with_progress(
+        images, out, predictor, crf=crf, overwrite=overwrite, settings=settings, device=torch_device,
+        description="refining",
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

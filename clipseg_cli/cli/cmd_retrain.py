@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -159,11 +159,9 @@ def _run_predict(
     images: Path, checkpoint: Path, labels: Optional[Path], out: Path, scales: str, flip: bool, crf: bool,
     device: str, overwrite: bool, bg_threshold: Optional[float], caa: bool,
 ) -> int:  # fmt: skip
-    from clipseg_cli.cli.console import progress_bar
     from clipseg_cli.device import resolve_device
     from clipseg_cli.data.labels import read_labels_file
-    from clipseg_cli.segmentation.predict import InferenceOptions, load_predictor, predict_folder
-    from clipseg_cli.segmentation.train import out_of_memory_message
+    from clipseg_cli.segmentation.predict import InferenceOptions, load_predictor
 
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such file or folder")
@@ -185,21 +183,39 @@ def _run_predict(
         "caa": caa,
         "device": str(torch_device),
     }
+    return predict_with_progress(
+        images, out, predictor, crf=crf, overwrite=overwrite, settings=settings, device=torch_device,
+        description="predicting", labels=label_index,
+    )  # fmt: skip
+
+
+def predict_with_progress(
+    images: Path, out: Path, predictor: Any, *, crf: bool, overwrite: bool, settings: dict[str, Any],
+    device: Any, description: str, labels: Any = None,
+) -> int:  # fmt: skip
+    """Run ``predict_folder`` under a progress bar, print its summary, return the exit code."""
+    from clipseg_cli.cli.console import progress_bar
+    from clipseg_cli.segmentation.predict import predict_folder
+    from clipseg_cli.segmentation.train import out_of_memory_message
+
     with progress_bar() as bar:
-        task = bar.add_task("predicting", total=None)
+        task = bar.add_task(description, total=None)
         try:
             summary = predict_folder(
                 images, out, predictor, crf=crf, overwrite=overwrite, settings=settings,
                 on_start=lambda n: bar.update(task, total=n), on_image=lambda _k: bar.advance(task),
-                labels=label_index,
+                labels=labels,
             )  # fmt: skip
         except RuntimeError as exc:
-            message = out_of_memory_message(exc, torch_device)
+            message = out_of_memory_message(exc, device)
             if message is None:
                 raise
             raise ConfigError(f"{message}; use fewer or smaller --scales, or --device cpu") from None
+    labelled = labels is not None or hasattr(predictor, "image_labels")
+    unlabelled = f"{len(summary.unlabelled)} without labels, " if labelled else ""
     console.print(
-        f"done: {summary.written} written, {summary.skipped} already there, {len(summary.failed)} failed -> {out / 'masks'}"
+        f"done: {summary.written} written, {summary.skipped} already there, {unlabelled}"
+        f"{len(summary.failed)} failed -> {out / 'masks'}"
     )
     for entry in summary.failed[:10]:
         console.print(f"  [red]failed[/] {entry['image']}: {entry['error']}", soft_wrap=True)
