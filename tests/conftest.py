@@ -14,8 +14,7 @@ from clipseg_cli.cli import app, route_default
 from clipseg_cli.clip.model import CLIP, CLIPConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-GOLDEN = SHARED / "golden" / "clip-es-tiny"
+GOLDEN = ROOT / "tests" / "data" / "golden"
 
 
 def tiny_config(**overrides: int) -> CLIPConfig:
@@ -60,7 +59,7 @@ def one_torch_thread():  # noqa: ANN201 - a generator fixture
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not GOLDEN.is_dir():
-        pytest.fail(f"golden files missing: {GOLDEN} (tests read ../shared beside the project)")
+        pytest.fail(f"golden files missing: {GOLDEN} (part of the repository: is the checkout complete?)")
     return GOLDEN
 
 
