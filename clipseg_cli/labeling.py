@@ -22,10 +22,27 @@ from clipseg_cli.data.images import IMAGE_EXTENSIONS, find_images, load_rgb
 from clipseg_cli.data.labels import LabelIndex
 from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.io.atomic import remove_stale_parts, write_json, write_npz
-from clipseg_cli.io.masks import save_mask
+from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
 from clipseg_cli.io.visualize import save_visualization
+from clipseg_cli.run_settings import Decisive, read_record, rerun_conflict
 
 RUN_FILE = "run.json"
+
+# The settings of run.json that decide the masks: a rerun into the same --out must have the same
+# (see run_settings). Not here: paths, device, workers, backend, --save-cams, --visualize, --report.
+LABEL_DECISIVE: tuple[Decisive, ...] = (
+    Decisive("class_names"),
+    Decisive("class_prompts"),
+    Decisive("class_synonyms"),
+    Decisive("background"),
+    Decisive("templates"),
+    Decisive("synonyms"),
+    Decisive("lambda"),
+    Decisive("mu"),
+    Decisive("crf"),
+    Decisive("max_side"),
+    Decisive("weights.sha256"),
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,8 @@ class Plan:
     done: list[WorkItem] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
+    fresh: bool = False  # --overwrite: every image is redone, existing outputs are not kept
+    stale: list[WorkItem] = field(default_factory=list)  # in todo, with a mask that must not be kept
 
 
 @dataclass(frozen=True)
@@ -86,7 +105,7 @@ def make_plan(
     need_cams: bool,
 ) -> Plan:
     """Pair images with labels. Unknown class names are a ConfigError (nothing is done)."""
-    plan = Plan()
+    plan = Plan(fresh=overwrite)
     found = find_images(images_root, exclude=layout.root)
     used_keys: set[str] = set()
     outputs: dict[str, str] = {}
@@ -120,6 +139,34 @@ def make_plan(
     return plan
 
 
+def check_rerun(layout: OutputLayout, plan: Plan, settings: dict[str, Any]) -> list[WorkItem]:
+    """Before a rerun into ``layout`` resumes: ConfigError when its finished masks were made
+    with other decisive settings (:data:`LABEL_DECISIVE`); finished images whose labels have
+    changed since are moved from ``plan.done`` to ``plan.todo`` (redone) and returned."""
+    if plan.fresh or not plan.done:
+        return []
+    record = read_record(layout.run_file)
+    if record is None:  # masks without a readable run.json: nothing to compare with
+        return []
+    old = record.get("settings")
+    message = rerun_conflict(layout.root, old if isinstance(old, dict) else {}, settings, LABEL_DECISIVE)
+    if message:
+        raise ConfigError(message)
+    recorded = {
+        e["image"]: e.get("labels") for e in record.get("images") or [] if isinstance(e, dict) and "image" in e
+    }
+    relabelled = [
+        item for item in plan.done
+        if isinstance(recorded.get(item.rel), list) and recorded[item.rel] != list(item.names)
+    ]  # fmt: skip
+    if relabelled:
+        moved = {item.rel for item in relabelled}
+        plan.done = [item for item in plan.done if item.rel not in moved]
+        plan.todo += relabelled
+        plan.stale += relabelled
+    return relabelled
+
+
 # Exceptions that fail one image and let the run go on (anything else is a bug and ends the run).
 IMAGE_FAILURES: tuple[type[BaseException], ...] = (ImageError, RuntimeError, ValueError, MemoryError, OSError)
 
@@ -133,21 +180,38 @@ def failure_reason(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one image of the plan: its stage seconds when done, else why it failed."""
+    """What became of one image of the plan: its stage seconds and figures when done, else why it failed."""
 
     item: WorkItem
     seconds: dict[str, float] | None = None
     error: str | None = None
+    figures: dict[str, float | None] | None = None
 
     @classmethod
     def failure(cls, item: WorkItem, exc: BaseException) -> Outcome:
         return cls(item, error=failure_reason(exc))
 
 
-def image_entry(item: WorkItem, seconds: dict[str, float] | None) -> dict[str, Any]:
-    """run.json's entry for a labelled image (``seconds`` None: done by an earlier run, times unknown)."""
+def image_figures(result: LabelResult) -> dict[str, float | None]:
+    """Per-image figures for run.json (what the review gallery sorts by, worst first):
+    ``confidence``, the mean CRF confidence (None without the CRF), and ``ignored``, the share
+    of pixels labelled 255."""
+    confidence = None
+    if result.confidence is not None and result.confidence.size:
+        confidence = round(float(result.confidence.mean(dtype=np.float64)), 6)
+    ignored = float(np.count_nonzero(result.mask == IGNORE_LABEL)) / max(1, result.mask.size)
+    return {"confidence": confidence, "ignored": round(ignored, 6)}
+
+
+def image_entry(
+    item: WorkItem, seconds: dict[str, float] | None, figures: dict[str, float | None] | None = None
+) -> dict[str, Any]:
+    """run.json's entry for a labelled image (``seconds`` and ``figures`` None: done by an earlier
+    run that did not record them)."""
     timing = None if seconds is None else {k: round(v, 4) for k, v in seconds.items()}
-    return {"image": item.rel, "labels": list(item.names), "seconds": timing}
+    entry: dict[str, Any] = {"image": item.rel, "labels": list(item.names), "seconds": timing}
+    entry.update(figures or {"confidence": None, "ignored": None})
+    return entry
 
 
 def write_image_outputs(
@@ -207,7 +271,7 @@ class LabelJob:
             result = self.process(item)
         except IMAGE_FAILURES as exc:
             return Outcome.failure(item, exc)
-        return Outcome(item, seconds=result.seconds)
+        return Outcome(item, seconds=result.seconds, figures=image_figures(result))
 
     def run_serial(self, items: Sequence[WorkItem], record: Record) -> None:
         """The in-process engine: one image after the other."""
@@ -219,11 +283,18 @@ class LabelJob:
         plan: Plan,
         on_progress: Callable[[WorkItem], None] | None = None,
         engine: Engine | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> dict[str, Any]:
         """Process the plan's images; returns the run summary (also written as run.json).
 
         ``engine`` does the images (default: ``run_serial``); whatever it is, the entries,
         failures and run.json are made here, so every backend records the same things.
+        ``on_outcome`` hears of each image as it ends (done or failed), ``on_progress`` of its item.
+
+        run.json is written first with this run's settings: a run killed before its end still
+        leaves a record that matches its masks. With ``plan.fresh`` (--overwrite) the masks of
+        the plan's images (else those of ``plan.stale``) are removed first, so that an interrupted
+        overwrite resumes by redoing them rather than by keeping masks made with other settings.
         """
         remove_stale_parts(self.layout.root)
         previous = _previous_entries(self.layout.run_file)
@@ -232,15 +303,20 @@ class LabelJob:
         processed = 0
         started = time.time()
         interrupted = False
+        write_json(self.layout.run_file, self.summary(plan, entries, list(plan.failed), 0, 0.0, None))
+        for item in plan.todo if plan.fresh else plan.stale:
+            self.layout.mask(item).unlink(missing_ok=True)
 
         def record(outcome: Outcome) -> None:
             nonlocal processed
             item = outcome.item
             if outcome.error is None:
                 processed += 1
-                entries[item.rel] = image_entry(item, outcome.seconds)
+                entries[item.rel] = image_entry(item, outcome.seconds, outcome.figures)
             else:
                 run_failed[item.rel] = outcome.error
+            if on_outcome:
+                on_outcome(outcome)
             if on_progress:
                 on_progress(item)
 
@@ -264,13 +340,15 @@ class LabelJob:
         failed: list[dict[str, str]],
         processed: int,
         seconds: float,
-        interrupted: bool,
+        interrupted: bool | None,
     ) -> dict[str, Any]:
+        """run.json; ``interrupted`` None: the run is still going (the record written at its start)."""
         images = [entries[k] for k in sorted(entries)]
         return {
             "tool": "wsss-label",
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "interrupted": interrupted,
+            "state": "running" if interrupted is None else "interrupted" if interrupted else "finished",
+            "interrupted": bool(interrupted),
             "settings": self.settings,
             "counts": {
                 "labelled": len(images),

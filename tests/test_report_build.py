@@ -211,4 +211,4 @@ def test_report_of_a_real_run(tmp_path: Path, cli, golden_weights: Path, one_tor
     assert time.perf_counter() - started < 30
 
     # The Python entry point the main command's --report calls.
-    assert build_report(out, progress=False) == out / "report" / "index.html"
+    assert build_report(out) == out / "report" / "index.html"

@@ -63,7 +63,7 @@ def _stages(counter: Counter, finish_seconds: float = 0.0):
             time.sleep(finish_seconds)
             if item.rel == "bad-finish":
                 raise OSError("disk full")
-            return {"cam": 0.0, "crf": float(n), "total": float(n)}
+            return {"seconds": {"cam": 0.0, "crf": float(n), "total": float(n)}}
         finally:
             counter.leave()
 
@@ -178,7 +178,7 @@ def _finish_crashing(item: Item, markers: str) -> dict:
         if item.rel == "doom" or not marker.exists():
             marker.touch()
             os._exit(3)
-    return {"cam": 0.0, "crf": 0.0, "total": 0.0}
+    return {"seconds": {"cam": 0.0, "crf": 0.0, "total": 0.0}}
 
 
 def _spawn_pool(workers: int):

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from clipseg_cli.cli.common import emit_report
-from clipseg_cli.cli.console import console, handle_errors, progress_bar
+from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.evaluation.classnames import resolve_class_names
 from clipseg_cli.evaluation.matching import pair_files
@@ -102,18 +103,19 @@ def evaluate(
     _check_outputs(out, visualize)
 
     try:
-        with progress_bar() as progress:
-            task = progress.add_task("eval", total=len(pairs))
+        with Progress() as progress:
+            task = progress.add("eval", total=len(pairs))
 
             def tick() -> None:
-                progress.advance(task)
+                task.advance()
 
             if cams:
                 key = (cam_key or CamKey.refined).value
                 report = evaluate_cams(pairs, names, key, on_image=tick)
+                task.finish()
                 if visualize is not None:
-                    pics = progress.add_task("pictures", total=len(pairs))
-                    visualize_cams(pairs, names, report, visualize, key, on_image=lambda: progress.advance(pics))
+                    pics = progress.add("pictures", total=len(pairs))
+                    visualize_cams(pairs, names, report, visualize, key, on_image=lambda: pics.advance())
             else:
                 mode = (pred_ignore or PredIgnore.exclude).value
                 report = evaluate_masks(pairs, names, mode, visualize, on_image=tick)

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from clipseg_cli.cli.console import console, handle_errors, progress_bar
+from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.progress import Progress, echo, failure_line
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
 if TYPE_CHECKING:
     from clipseg_cli.cam.pipeline import CLIPESSettings
     from clipseg_cli.data.classes import ClassSet
-    from clipseg_cli.labeling import Engine, LabelJob, Plan
+    from clipseg_cli.labeling import Engine, LabelJob, Outcome, Plan
 
 BACKENDS = ("local", "ray")
 
@@ -99,12 +100,11 @@ def _run(
     workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None, report: bool = False,
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
-    from clipseg_cli.clip.loading import load_clip
-    from clipseg_cli.clip.pretrained import resolve_weights
+    from clipseg_cli.cli.common import load_resolved_clip, resolve_clip_weights
     from clipseg_cli.data.classes import load_background, load_class_set
     from clipseg_cli.data.labels import read_labels_file, read_voc_annotations
     from clipseg_cli.device import resolve_device
-    from clipseg_cli.labeling import LabelJob, OutputLayout, make_plan
+    from clipseg_cli.labeling import LabelJob, OutputLayout, check_rerun, make_plan
 
     if not images.is_dir():
         raise ConfigError(f"image folder not found: {images}")
@@ -124,64 +124,84 @@ def _run(
     plan = make_plan(images, index, class_set, layout, overwrite, need_cams=save_cams)
     # On Ray each task resolves --device on its own node; here the weights are only checked.
     torch_device = resolve_device(device) if backend == "local" else resolve_device("cpu")
-
-    with progress_bar() as bar:
-        task = bar.add_task("downloading CLIP weights", total=None, visible=False)
-
-        def on_download(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total, visible=True)
-
-        resolved = resolve_weights(weights, on_download)
-    model = load_clip(resolved.path, torch_device)
+    resolved = resolve_clip_weights(weights)
+    run_settings = {
+        "images": str(images),
+        "images_root": str(images.resolve()),
+        "images_from_run": _relative_to(images, out),
+        "labels": str(labels or annotations),
+        "classes": classes,
+        "class_names": list(class_set.classes),
+        "class_prompts": list(class_set.prompts),
+        "class_synonyms": [list(s) for s in class_set.synonyms],
+        "background": list(class_set.background),
+        "templates": list(template),
+        "synonyms": synonyms,
+        "lambda": lam,
+        "mu": mu,
+        "crf": crf,
+        "max_side": max_side,
+        "device": str(torch_device) if backend == "local" else device,
+        "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
+    }
+    relabelled = check_rerun(layout, plan, run_settings)  # before the model: a conflict costs nothing
     settings = CLIPESSettings(
         templates=tuple(template), synonyms=synonyms, lam=lam, mu=mu, crf=crf, max_side=max_side or None  # type: ignore[arg-type]
     )
-    predictor = CLIPESPredictor(model, class_set, settings) if backend == "local" else None
-    del model
+    predictor = None
+    if backend == "local":
+        predictor = CLIPESPredictor(load_resolved_clip(resolved, torch_device), class_set, settings)
     job = LabelJob(
         images_root=images,
         layout=layout,
         predictor=predictor,
         save_cams=save_cams,
         visualize=visualize,
-        settings={
-            "images": str(images),
-            "labels": str(labels or annotations),
-            "classes": classes,
-            "class_names": list(class_set.classes),
-            "background": list(class_set.background),
-            "templates": list(template),
-            "synonyms": synonyms,
-            "lambda": lam,
-            "mu": mu,
-            "crf": crf,
-            "max_side": max_side,
-            "device": str(torch_device) if backend == "local" else device,
-            "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
-        },
+        settings=run_settings,
     )
     if plan.done:
         console.print(f"resuming: {len(plan.done)} image(s) already have masks (use --overwrite to redo them)")
+    if relabelled:
+        console.print(f"{len(relabelled)} finished image(s) have other labels now and are redone (e.g. {relabelled[0].rel})")
     engine, description = _engine(job, plan, workers, backend, ray_address, resolved.path, class_set, settings, device)
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=len(plan.todo))
-        summary = job.run(plan, on_progress=lambda _item: bar.advance(task), engine=engine)
+    for entry in plan.failed:
+        echo(failure_line(entry["image"], entry["reason"]), style="red")
+    with Progress() as progress:
+        task = progress.add(description, total=len(plan.todo), count_failures=True)
+        task.update(failed=len(plan.failed))
+
+        def on_outcome(outcome: Outcome) -> None:
+            task.advance(failed=outcome.error is not None)
+            if outcome.error is not None:
+                progress.echo(failure_line(outcome.item.rel, outcome.error), style="red")
+
+        summary = job.run(plan, engine=engine, on_outcome=on_outcome)
     counts = summary["counts"]
     console.print(
         f"done: {counts['processed_this_run']} labelled, {counts['already_done']} already done, "
         f"{counts['skipped']} skipped, {counts['failed']} failed -> {out}"
     )
     for entry in summary["skipped"][:5]:
-        console.print(f"  skipped {entry['image']}: {entry['reason']}")
-    for entry in summary["failed"][:10]:
-        console.print(f"  [red]failed[/] {entry['image']}: {entry['reason']}")
-    if len(summary["failed"]) > 10:
-        console.print(f"  ... and {len(summary['failed']) - 10} more failures in {layout.run_file}")
+        echo(f"  skipped {entry['image']}: {entry['reason']}")
+    if len(summary["skipped"]) > 5:
+        echo(f"  ... and {len(summary['skipped']) - 5} more skipped, listed in {layout.run_file}")
+    if summary["failed"]:
+        echo(f"failures are listed in {layout.run_file}")
     if report and summary["images"]:
-        from clipseg_cli.report import build_report
+        from clipseg_cli.cli.cmd_report import build_with_progress
 
-        console.print(f"report: {build_report(out)}")
+        console.print(f"report: {build_with_progress(out).index}")
     return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
+
+
+def _relative_to(images: Path, out: Path) -> str | None:
+    """The image folder as a path relative to the run folder (None where there is none, e.g. another drive)."""
+    import os
+
+    try:
+        return Path(os.path.relpath(images.resolve(), out.resolve())).as_posix()
+    except ValueError:
+        return None
 
 
 def _engine(

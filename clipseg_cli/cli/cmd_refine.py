@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from clipseg_cli.cli.cmd_retrain import parse_scales, predict_with_progress
+from clipseg_cli.cli.cmd_retrain import file_digest, parse_scales, predict_with_progress
 from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
 from clipseg_cli.cli.console import console, handle_errors
 from clipseg_cli.errors import EXIT_OK, ConfigError
@@ -222,12 +222,23 @@ def _run_predict(
         recorded_weights,
     )
     from clipseg_cli.segmentation.checkpoint import read_checkpoint
-    from clipseg_cli.segmentation.predict import InferenceOptions
+    from clipseg_cli.segmentation.predict import InferenceOptions, check_predict_rerun
 
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such file or folder")
     options = InferenceOptions(scales=parse_scales(scales), flip=flip)
     torch_device = resolve_device(device)
+    settings: dict[str, Any] = {
+        "command": "refine predict",
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_digest(checkpoint),
+        "scales": list(options.scales),
+        "flip": flip,
+        "crf": crf,
+        "labels_sha256": file_digest(labels or annotations),
+    }
+    if checkpoint.is_file():  # else reading it says what is wrong
+        check_predict_rerun(out, settings, overwrite)
     ckpt = read_checkpoint(checkpoint)
     try:
         method_of_kind(str(ckpt["kind"]))
@@ -251,18 +262,13 @@ def _run_predict(
     except ConfigError as exc:
         raise ConfigError(f"--checkpoint {checkpoint}: {exc}") from None
     predictor = RefinerPredictor(model, class_names, torch_device, options, image_labels)
-    settings = {
-        "command": "refine predict",
-        "checkpoint": str(checkpoint),
+    settings.update({
         "kind": ckpt["kind"],
         "class_names": class_names,
         "labels": labels_source,
-        "scales": list(options.scales),
-        "flip": flip,
-        "crf": crf,
         "device": str(torch_device),
         "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
-    }
+    })  # fmt: skip
     return predict_with_progress(
         images, out, predictor, crf=crf, overwrite=overwrite, settings=settings, device=torch_device,
         description="refining",

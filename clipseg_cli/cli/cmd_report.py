@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
-from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.console import console, handle_errors, warn
+from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from clipseg_cli.report.builder import BuildResult
 
 
 class SortKey(str, Enum):
@@ -29,15 +33,9 @@ def report(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering thumbnails (default: one per CPU core)."),
 ) -> None:
     """Build OUT/report/index.html: a gallery of the pseudo masks that opens from disk."""
-    from clipseg_cli.report import build
-
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
-    result = build(out, gt=gt, sort=sort.value, limit=limit, images=images, workers=workers, progress=True)
-    for warning in result.warnings[:5]:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    if len(result.warnings) > 5:
-        console.print(f"[yellow]warning:[/] ... and {len(result.warnings) - 5} more")
+    result = build_with_progress(out, gt=gt, sort=sort.value, limit=limit, images=images, workers=workers)
     shown = f"{result.n_shown} of {result.n_images}" if result.n_shown != result.n_images else f"{result.n_images}"
     console.print(
         f"report: {result.index} ({shown} images; thumbnails: {result.rendered} rendered, "
@@ -46,6 +44,24 @@ def report(
     )
     if result.gt is not None and result.gt["miou"] is not None:
         console.print(f"mIoU {100 * result.gt['miou']:.2f}% over {result.gt['n_images']} image(s) with GT")
+
+
+def build_with_progress(out: Path, **options: Any) -> BuildResult:
+    """``report.build`` with its phases shown as progress and its warnings printed (first five)."""
+    from clipseg_cli.report import build
+
+    with Progress() as progress:
+
+        def on_phase(description: str, total: int) -> Callable[[int], None]:
+            task = progress.add(description, total=total)
+            return lambda n: task.advance(n)
+
+        result = build(out, on_phase=on_phase, **options)
+    for warning in result.warnings[:5]:
+        warn(warning)
+    if len(result.warnings) > 5:
+        warn(f"... and {len(result.warnings) - 5} more")
+    return result
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.progress import Progress, echo, failure_line, loading
 from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
@@ -159,9 +160,9 @@ def _run_predict(
     images: Path, checkpoint: Path, labels: Optional[Path], out: Path, scales: str, flip: bool, crf: bool,
     device: str, overwrite: bool, bg_threshold: Optional[float], caa: bool,
 ) -> int:  # fmt: skip
-    from clipseg_cli.device import resolve_device
     from clipseg_cli.data.labels import read_labels_file
-    from clipseg_cli.segmentation.predict import InferenceOptions, load_predictor
+    from clipseg_cli.device import resolve_device
+    from clipseg_cli.segmentation.predict import InferenceOptions, check_predict_rerun, load_predictor
 
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such file or folder")
@@ -170,41 +171,59 @@ def _run_predict(
     options = InferenceOptions(scales=parse_scales(scales), flip=flip, bg_threshold=bg_threshold, caa=caa)
     label_index = read_labels_file(labels) if labels is not None else None
     torch_device = resolve_device(device)
-    predictor = load_predictor(checkpoint, torch_device, options)
-    settings = {
+    settings: dict[str, Any] = {
         "command": "predict",
         "checkpoint": str(checkpoint),
-        "class_names": list(predictor.class_names),
+        "checkpoint_sha256": file_digest(checkpoint),
         "scales": list(options.scales),
         "flip": flip,
         "crf": crf,
         "labels": str(labels) if labels is not None else None,
+        "labels_sha256": file_digest(labels),
         "bg_threshold": bg_threshold,
         "caa": caa,
         "device": str(torch_device),
     }
+    if checkpoint.is_file():  # else loading says what is wrong with it
+        check_predict_rerun(out, settings, overwrite)
+    with loading(f"loading the model ({checkpoint.name}) on {torch_device}"):
+        predictor = load_predictor(checkpoint, torch_device, options)
+    settings["class_names"] = list(predictor.class_names)
     return predict_with_progress(
         images, out, predictor, crf=crf, overwrite=overwrite, settings=settings, device=torch_device,
         description="predicting", labels=label_index,
     )  # fmt: skip
 
 
+def file_digest(path: Optional[Path]) -> Optional[str]:
+    """SHA-256 of a file (a checkpoint, a labels file) for the settings a rerun must match; None
+    for no file or a folder (VOC annotations)."""
+    from clipseg_cli.clip.pretrained import sha256_of
+
+    return sha256_of(path) if path is not None and path.is_file() else None
+
+
 def predict_with_progress(
     images: Path, out: Path, predictor: Any, *, crf: bool, overwrite: bool, settings: dict[str, Any],
     device: Any, description: str, labels: Any = None,
 ) -> int:  # fmt: skip
-    """Run ``predict_folder`` under a progress bar, print its summary, return the exit code."""
-    from clipseg_cli.cli.console import progress_bar
+    """Run ``predict_folder`` with progress (failures printed as they happen), print its
+    summary, return the exit code."""
     from clipseg_cli.segmentation.predict import predict_folder
     from clipseg_cli.segmentation.train import out_of_memory_message
 
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=None)
+    with Progress() as progress:
+        task = progress.add(description, total=None, count_failures=True)
+
+        def on_failure(key: str, error: str) -> None:
+            task.update(failed=task.state.failed + 1)
+            progress.echo(failure_line(key, error), style="red")
+
         try:
             summary = predict_folder(
                 images, out, predictor, crf=crf, overwrite=overwrite, settings=settings,
-                on_start=lambda n: bar.update(task, total=n), on_image=lambda _k: bar.advance(task),
-                labels=labels,
+                on_start=lambda n: task.update(total=n), on_image=lambda _k: task.advance(),
+                labels=labels, on_failure=on_failure,
             )  # fmt: skip
         except RuntimeError as exc:
             message = out_of_memory_message(exc, device)
@@ -217,8 +236,8 @@ def predict_with_progress(
         f"done: {summary.written} written, {summary.skipped} already there, {unlabelled}"
         f"{len(summary.failed)} failed -> {out / 'masks'}"
     )
-    for entry in summary.failed[:10]:
-        console.print(f"  [red]failed[/] {entry['image']}: {entry['error']}", soft_wrap=True)
+    if summary.failed:
+        echo(f"failures are listed in {out / 'predict.json'}")
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 

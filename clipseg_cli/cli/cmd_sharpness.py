@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from clipseg_cli.cli.common import emit_report, load_clip_model
-from clipseg_cli.cli.console import console, fail, handle_errors, progress_bar
+from clipseg_cli.cli.console import console, fail, handle_errors
+from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
 SHOW_FAILED = 5
@@ -161,29 +162,31 @@ def _run(
     model, resolved = load_clip_model(weights, torch_device)
     seconds: dict[str, float] = {}
     try:
-        with progress_bar() as bar:
+        with Progress() as bar:
             start = time.perf_counter()
-            task = bar.add_task("image embeddings", total=len(chosen))
-            embedded = ps.embed_images(model, images, chosen, max_side or None, on_image=lambda: bar.advance(task))
+            task = bar.add("image embeddings", total=len(chosen))
+            embedded = ps.embed_images(model, images, chosen, max_side or None, on_image=lambda: task.advance())
+            task.finish()
             seconds["image_embeddings"] = time.perf_counter() - start
             if not embedded.items:
                 raise ConfigError(f"none of the {len(chosen)} images could be read (first: {embedded.failed[0]['reason']})")
             start = time.perf_counter()
-            task = bar.add_task("templates", total=len(template_list))
+            task = bar.add("templates", total=len(template_list), unit="templates")
             scores = ps.score_templates(
                 model, class_set, embedded.features, [it.labels for it in embedded.items], template_list,
-                on_template=lambda: bar.advance(task),
+                on_template=lambda: task.advance(),
             )  # fmt: skip
+            task.finish()
             seconds["templates"] = time.perf_counter() - start
             correlation = None
             if gt_images is not None:
                 usable = {it.rel for it in embedded.items}
                 gt_images = [g for g in gt_images if g.item.rel in usable]
                 start = time.perf_counter()
-                task = bar.add_task("pipeline per template (--gt)", total=len(gt_images) * len(template_list))
+                task = bar.add("pipeline per template (--gt)", total=len(gt_images) * len(template_list))
                 mious = ps.gt_miou(
                     model, class_set, images, gt_images, template_list, crf=crf is not False,
-                    max_side=max_side or None, on_step=lambda: bar.advance(task),
+                    max_side=max_side or None, on_step=lambda: task.advance(),
                 )  # fmt: skip
                 seconds["gt_pipeline"] = time.perf_counter() - start
                 scores = [ps.TemplateScore(s.template, s.sharpness, mious[s.template]) for s in scores]

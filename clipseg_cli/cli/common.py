@@ -1,4 +1,4 @@
-"""Steps several commands share: loading CLIP with a download bar, writing a JSON report."""
+"""Steps several commands share: loading CLIP (download progress, a loading status), writing a JSON report."""
 
 from __future__ import annotations
 
@@ -9,26 +9,43 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from clipseg_cli.cli.console import console, progress_bar
+from clipseg_cli.cli.console import console
+from clipseg_cli.cli.progress import Progress, loading
 
 if TYPE_CHECKING:
     from clipseg_cli.clip.model import CLIP
     from clipseg_cli.clip.pretrained import ResolvedWeights
 
 
-def load_clip_model(weights: Path | None, device: torch.device) -> tuple[CLIP, ResolvedWeights]:
-    """Resolve the weights (downloading the default with a progress bar if needed) and load CLIP."""
-    from clipseg_cli.clip.loading import load_clip
+def resolve_clip_weights(weights: Path | None) -> ResolvedWeights:
+    """The CLIP weights file and its SHA-256, downloading the default with progress if needed."""
     from clipseg_cli.clip.pretrained import resolve_weights
 
-    with progress_bar() as bar:
-        task = bar.add_task("downloading CLIP weights", total=None, visible=False)
+    with Progress() as progress:
+        task = None
 
         def on_download(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total, visible=True)
+            nonlocal task
+            mb_total = None if total is None else round(total / 1e6, 1)
+            if task is None:
+                task = progress.add("downloading CLIP weights", total=mb_total, unit="MB")
+            task.update(total=mb_total, completed=round(done / 1e6, 1))
 
-        resolved = resolve_weights(weights, on_download)
-    return load_clip(resolved.path, device), resolved
+        return resolve_weights(weights, on_download)
+
+
+def load_resolved_clip(resolved: ResolvedWeights, device: torch.device) -> CLIP:
+    """Load resolved CLIP weights, with a "loading the model" status meanwhile."""
+    from clipseg_cli.clip.loading import load_clip
+
+    with loading(f"loading the model ({resolved.path.name}) on {device}"):
+        return load_clip(resolved.path, device)
+
+
+def load_clip_model(weights: Path | None, device: torch.device) -> tuple[CLIP, ResolvedWeights]:
+    """Resolve the weights (downloading the default if needed) and load CLIP."""
+    resolved = resolve_clip_weights(weights)
+    return load_resolved_clip(resolved, device), resolved
 
 
 def emit_report(out: Path | None, report: dict[str, Any]) -> None:

@@ -1,4 +1,8 @@
-"""Shared terminal plumbing: one-line errors with exit codes, progress bars."""
+"""Shared terminal plumbing: the stderr console and one-line errors with exit codes.
+
+Lines are never wrapped by Rich (``soft_wrap``): a message is one line in a log file, whatever
+its length, so grep finds it whole; a terminal wraps it for the eye. Progress: :mod:`.progress`.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,10 @@ from typing import Callable, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from clipseg_cli.errors import EXIT_INTERRUPTED, WsssError
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,16 +52,7 @@ def handle_errors(
     return wrapper
 
 
-def progress_bar(*extra_columns: str) -> Progress:
-    """A bar with count, elapsed and remaining time; ``extra_columns`` are Rich format strings
-    shown after the count, e.g. ``"loss {task.fields[loss]}"``."""
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        *(TextColumn(column) for column in extra_columns),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` on one line (the run goes on)."""
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)

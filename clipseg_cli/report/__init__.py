@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from clipseg_cli.report.builder import BuildResult
+    from clipseg_cli.report.builder import BuildResult, OnPhase
 
 SORT_CHOICES = ("confidence", "ignored", "area", "name", "iou")
 
@@ -26,26 +26,17 @@ def build(
     limit: int | None = None,
     images: str | os.PathLike[str] | None = None,
     workers: int | None = None,
-    progress: bool = False,
+    on_phase: OnPhase | None = None,
 ) -> BuildResult:
     """Build the report and return what was done (counts, records, warnings).
 
-    ``progress`` shows a Rich progress bar on stderr while pictures are rendered.
-    Bad input raises :class:`clipseg_cli.errors.ConfigError` with a one-line message.
+    ``on_phase(description, total) -> advance(n)`` hears of each phase of the work (the
+    command line shows it as progress). Bad input raises
+    :class:`clipseg_cli.errors.ConfigError` with a one-line message.
     """
     from clipseg_cli.report import builder as _build
 
-    if not progress:
-        return _build.build(out_dir, gt, sort, limit, images, workers)
-    from clipseg_cli.cli.console import progress_bar
-
-    with progress_bar() as bar:
-
-        def on_phase(description: str, total: int):
-            task = bar.add_task(description, total=total)
-            return lambda n: bar.advance(task, n)
-
-        return _build.build(out_dir, gt, sort, limit, images, workers, on_phase)
+    return _build.build(out_dir, gt, sort, limit, images, workers, on_phase)
 
 
 def build_report(
@@ -54,7 +45,6 @@ def build_report(
     sort: str = "confidence",
     limit: int | None = None,
     images: str | os.PathLike[str] | None = None,
-    progress: bool = True,
 ) -> Path:
     """Build ``out_dir/report/index.html`` (and its thumbnails) for a run folder of the main
     command; returns the path of index.html.
@@ -65,13 +55,7 @@ def build_report(
     the one recorded in run.json has moved. Rebuilding only renders what changed.
     Raises :class:`clipseg_cli.errors.ConfigError` (one line, exit 2) on bad input.
     """
-    result = build(out_dir, gt, sort, limit, images, progress=progress)
-    if progress:
-        from clipseg_cli.cli.console import console
-
-        for warning in result.warnings[:5]:
-            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    return result.index
+    return build(out_dir, gt, sort, limit, images).index
 
 
 __all__ = ["SORT_CHOICES", "build", "build_report"]

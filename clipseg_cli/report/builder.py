@@ -231,7 +231,7 @@ def build(
     by_stem = {it.stem: it for it in items}
     if run.images_root is None:
         warnings.append(
-            f"image folder {run.settings.get('images')!r} of run.json not found: the pictures show masks only (give --images DIR)"
+            f"image folder {run.settings.get('images_root') or run.settings.get('images')!r} of run.json not found: the pictures show masks only (give --images DIR)"
         )
     else:
         missing = [it.image.rel for it in items if it.photo_sig is None]
@@ -321,6 +321,8 @@ def build(
             stats = cache.get(it.stem, "stats", k["stats"])
             scored = cache.get(it.stem, "gt", k["gt"]) if k["gt"] is not None else None
             records.append(rec.make_record(it.image.entry, it.stem, it.image.labels, stats, scored))
+        if sort == "confidence" and all(r["confidence"] is None for r in records):
+            warnings.append("no image has a mean confidence (a run without the CRF): sorted by name; try --sort ignored or area")
         shown = rec.sort_records(records, sort)
         if limit is not None:
             shown = shown[:limit]

@@ -102,7 +102,7 @@ def _stats_row(ctx: PageContext) -> str:
     parts.append(_stat(f"{len(ctx.skipped):,}", "skipped", "images without labels"))
     parts.append(
         _stat(f"{sum(confs) / len(confs):.3f}" if confs else "n/a", "mean confidence",
-              "mean over images of the mean CRF confidence" if confs else "no confidence maps: run with --save-cams and the CRF")
+              "mean over images of the mean CRF confidence" if confs else "no confidence: the run had no CRF")
     )
     parts.append(_stat(_fmt_pct(rec.median([x["ignored"] for x in r])), "median ignored"))
     parts.append(_stat(_fmt_pct(sum(x["ignored"] for x in r) / len(r) if r else None), "mean ignored"))

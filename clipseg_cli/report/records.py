@@ -109,11 +109,17 @@ def make_record(
 ) -> dict[str, Any]:
     """One image of the page: run.json's entry joined with its mask statistics (and GT score).
 
+    The mean confidence is run.json's (recorded by every run with the CRF), else the one
+    computed from the image's cams file (``stats``), else None.
+
     ``photo`` says where the full-size view takes the photo from: ``"orig"`` (the image
     file itself), ``"copy"`` (a JPEG made for formats browsers do not show) or None;
     ``overlay`` its overlay: ``"mask"`` (the mask PNG, coloured by the page) or ``"png"``
     (report/overlays/, rendered for masks not in the VOC palette).
     """
+    confidence = entry.get("confidence")  # run.json's figure (any run with the CRF), else the cams file's
+    if not isinstance(confidence, (int, float)) or isinstance(confidence, bool) or not math.isfinite(confidence):
+        confidence = stats["confidence"]
     seconds = entry.get("seconds")
     if isinstance(seconds, dict):
         seconds = {k: float(v) for k, v in seconds.items() if isinstance(v, (int, float))} or None
@@ -126,7 +132,7 @@ def make_record(
         "areas": stats["areas"],
         "foreground": foreground(stats["areas"]),
         "ignored": stats["ignored"],
-        "confidence": stats["confidence"],
+        "confidence": None if confidence is None else float(confidence),
         "seconds": seconds,
         "size": stats["size"],
         "iou": None if gt is None else gt["iou"],

@@ -77,17 +77,26 @@ def _class_names(data: dict[str, Any], path: Path) -> list[str]:
 
 
 def resolve_images_root(settings: dict[str, Any], out: Path, override: Path | None) -> Path | None:
-    """The image folder of the run: ``override``, else settings.images as recorded (absolute,
-    relative to the current folder, or relative to OUT's parent). None if none exists."""
+    """The image folder of the run, the same from any working folder: ``override``, else the
+    absolute folder run.json records (settings.images_root), else its path relative to the run
+    folder (settings.images_from_run: the run folder and the photos were moved together).
+    A run.json older than those keys: settings.images, absolute or relative to the current
+    folder or to OUT's parent. None if no candidate exists."""
     if override is not None:
         if not override.is_dir():
             raise ConfigError(f"--images {override} is not a folder")
         return override.resolve()
+    candidates: list[Path] = []
+    absolute = settings.get("images_root")
+    if isinstance(absolute, str) and absolute:
+        candidates.append(Path(absolute))
+    relative = settings.get("images_from_run")
+    if isinstance(relative, str) and relative:
+        candidates.append(out.resolve() / relative)
     recorded = settings.get("images")
-    if not isinstance(recorded, str) or not recorded:
-        return None
-    path = Path(recorded)
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, out.resolve().parent / path]
+    if not candidates and isinstance(recorded, str) and recorded:
+        path = Path(recorded)
+        candidates += [path] if path.is_absolute() else [Path.cwd() / path, out.resolve().parent / path]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate.resolve()

@@ -30,7 +30,7 @@ MAX_POOL_BREAKS = 2
 
 PrepareFn = Callable[[WorkItem], Any]  # runs in the pool
 ModelFn = Callable[[WorkItem, Any], tuple]  # runs here: prepared -> finish arguments
-FinishFn = Callable[..., dict]  # runs in the pool: (item, *arguments) -> seconds
+FinishFn = Callable[..., dict]  # runs in the pool: (item, *arguments) -> the Outcome's other fields
 
 
 class Pipeline:
@@ -148,7 +148,7 @@ class Pipeline:
         for future in [f for f in self._fin if f.done()]:
             item = self._fin[future][0]
             try:
-                seconds = future.result()
+                fields = future.result()
             except BrokenExecutor:
                 broken = True
                 continue  # stays in _fin: tried again by _restart
@@ -157,7 +157,7 @@ class Pipeline:
                 record(Outcome.failure(item, exc))
                 continue
             del self._fin[future]
-            record(Outcome(item, seconds=seconds))
+            record(Outcome(item, **fields))
         if broken and restart:
             self._restart(record)
         elif broken:

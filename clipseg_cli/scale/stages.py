@@ -20,7 +20,7 @@ import numpy as np
 
 from clipseg_cli.cam.pipeline import CLIPESSettings, PreparedImage, finish, prepare
 from clipseg_cli.data.images import load_rgb
-from clipseg_cli.labeling import OutputLayout, WorkItem, write_image_outputs
+from clipseg_cli.labeling import OutputLayout, WorkItem, image_figures, write_image_outputs
 
 _NO_TENSOR = np.empty((0,), np.float32)
 
@@ -80,10 +80,11 @@ def for_finish(prepared: PreparedImage) -> PreparedImage:
 
 def finish_stage(
     item: WorkItem, prepared: PreparedImage, grid_cam: np.ndarray, grid_refined: np.ndarray, cam_seconds: float
-) -> dict[str, float]:
-    """CRF and mask, then the image's files (mask last); returns its seconds for run.json."""
+) -> dict:
+    """CRF and mask, then the image's files (mask last); returns the fields of its ``Outcome``
+    (seconds and figures for run.json)."""
     spec = _current()
     result = finish(prepared, grid_cam, grid_refined, item.labels, spec.settings)
     write_image_outputs(spec.layout, item, prepared.image, result, spec.save_cams, spec.visualize)
     crf = result.seconds["crf"]
-    return {"cam": cam_seconds, "crf": crf, "total": cam_seconds + crf}
+    return {"seconds": {"cam": cam_seconds, "crf": crf, "total": cam_seconds + crf}, "figures": image_figures(result)}

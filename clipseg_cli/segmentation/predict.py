@@ -23,9 +23,37 @@ from clipseg_cli.io.atomic import write_json
 from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
 from clipseg_cli.cam_generators import predictor_entries as cam_generator_entries
 from clipseg_cli.refiners import predictor_entries as refiner_entries
+from clipseg_cli.run_settings import Decisive, read_record, rerun_conflict
 from clipseg_cli.segmentation.checkpoint import read_checkpoint
 from clipseg_cli.segmentation.dataset import list_images, read_rgb
 from clipseg_cli.segmentation.deeplab import DeepLabV2, Normalization, build_deeplabv2, upsample_logits
+
+
+PREDICT_FILE = "predict.json"
+# The settings of predict.json that decide the masks of `predict` and `refine predict`: a rerun
+# into the same --out must have the same (see run_settings). Absent from an older predict.json:
+# bg_threshold and caa had their defaults; the rest is not compared.
+PREDICT_DECISIVE: tuple[Decisive, ...] = (
+    Decisive("checkpoint_sha256"),
+    Decisive("scales"),
+    Decisive("flip"),
+    Decisive("crf"),
+    Decisive("bg_threshold", None),
+    Decisive("caa", False),
+    Decisive("labels_sha256"),
+    Decisive("weights.sha256"),
+)
+
+
+def check_predict_rerun(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """ConfigError when ``out`` holds masks of an earlier predict run made with other decisive
+    settings (:data:`PREDICT_DECISIVE`); call it before the model is loaded."""
+    masks = Path(out) / "masks"
+    if overwrite or not masks.is_dir() or next(masks.rglob("*.png"), None) is None:
+        return
+    message = rerun_conflict(Path(out), read_record(Path(out) / PREDICT_FILE), settings, PREDICT_DECISIVE)
+    if message:
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -212,12 +240,16 @@ def predict_folder(
     on_start: Callable[[int], None] | None = None,
     on_image: Callable[[str], None] | None = None,
     labels: LabelIndex | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
 ) -> PredictSummary:
     """Write ``out/masks/<rel>.png`` for every image (skipping existing ones unless ``overwrite``).
 
-    An unreadable image is recorded in ``failed`` and the rest go on; ``out/predict.json``
-    summarises the run. A predictor with ``image_labels`` gets eq. 14 applied to its masks, and its
-    unlabelled images are skipped and listed under ``unlabelled``.
+    An unreadable image is recorded in ``failed`` (and ``on_failure(key, error)`` hears of it
+    at once) and the rest go on; ``out/predict.json`` summarises the run: it is written first
+    with this run's settings, and with ``overwrite`` the existing masks of the images go first,
+    so an interrupted overwrite never leaves masks of two runs behind one record. A predictor
+    with ``image_labels`` gets eq. 14 applied to its masks, and its unlabelled images are
+    skipped and listed under ``unlabelled``.
     """
     found = list_images(images)
     if not found:
@@ -227,8 +259,28 @@ def predict_folder(
     if labels is not None:  # --labels wins over labels stored in a checkpoint
         image_labels = labels_by_key(labels, predictor.class_names)
     started = time.time()
+
+    def report(state: str) -> dict[str, Any]:
+        record = {
+            **settings,
+            "state": state,
+            "images": len(found),
+            "written": summary.written,
+            "skipped_existing": summary.skipped,
+            "failed": summary.failed,
+            "seconds": round(summary.seconds, 3),
+        }
+        if image_labels is not None:
+            record["unlabelled"] = summary.unlabelled
+        return record
+
+    write_json(out / PREDICT_FILE, report("running"))
+    if overwrite:
+        for key in found:
+            (out / "masks" / f"{key}.png").unlink(missing_ok=True)
     if on_start:
         on_start(len(found))
+    finished = False
     try:
         for key, path in found.items():
             dest = out / "masks" / f"{key}.png"
@@ -247,19 +299,12 @@ def predict_folder(
                     summary.written += 1
                 except ImageError as exc:
                     summary.failed.append({"image": key, "error": str(exc)})
+                    if on_failure:
+                        on_failure(key, str(exc))
             if on_image:
                 on_image(key)
+        finished = True
     finally:
         summary.seconds = time.time() - started
-        report = {
-            **settings,
-            "images": len(found),
-            "written": summary.written,
-            "skipped_existing": summary.skipped,
-            "failed": summary.failed,
-            "seconds": round(summary.seconds, 3),
-        }
-        if image_labels is not None:
-            report["unlabelled"] = summary.unlabelled
-        write_json(out / "predict.json", report)
+        write_json(out / PREDICT_FILE, report("finished" if finished else "interrupted"))
     return summary
