@@ -237,7 +237,7 @@ def write_image_outputs(
             arrays["confidence"] = result.confidence.astype(np.float16)
         write_npz(layout.cams(item), **arrays)
     if visualize:
-        save_visualization(layout.visual(item), image, result.mask, result.refined, item.names)
+        save_visualization(layout.visual(item), image, result.mask, result.refined, item.names, item.labels)
     save_mask(layout.mask(item), result.mask)
 
 

@@ -266,6 +266,7 @@ class VitPcmConfig:
     clip_weights: str | None = None
     size: int = 384
     epochs: int = 10
+    iters: int | None = None  # training length in iterations instead of epochs (--iters)
     batch: int = 8
     frozen_epochs: int = 2
     lr: float = 1e-3
@@ -279,7 +280,7 @@ class VitPcmConfig:
     save_every: int = 500
     workers: int = 0
 
-    DEFINING = ("class_names", "backbone", "size", "epochs", "batch", "frozen_epochs", "lr", "lr_finetune",
+    DEFINING = ("class_names", "backbone", "size", "epochs", "iters", "batch", "frozen_epochs", "lr", "lr_finetune",
                 "unfreeze", "lstm_hidden", "l2", "et_weight", "predict_size", "seed")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -357,7 +358,7 @@ class VitPcmTrainer:
         self.paths = [found[k] for k in self.keys]
         self.num_classes = len(cfg.class_names) + 1
         self.iters_per_epoch = math.ceil(len(self.keys) / cfg.batch)
-        self.iters = cfg.epochs * self.iters_per_epoch
+        self.iters = cfg.iters if cfg.iters else cfg.epochs * self.iters_per_epoch
         self.frozen_iters = cfg.frozen_epochs * self.iters_per_epoch
         if ckpt is not None:
             self.model = build_model(ckpt["model_config"])

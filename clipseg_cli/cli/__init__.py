@@ -12,18 +12,15 @@ from typing import Sequence
 import typer
 
 from clipseg_cli import __version__
+from clipseg_cli.cli.conventions import looks_like_path, make_app, suggest_command
 
 COMMAND_MODULES = ("label", "evaluate", "sharpness", "retrain", "report", "refine", "train_cam")
 DEFAULT_COMMAND = "label"
 
-app = typer.Typer(
+app = make_app(
     name="wsss-label",
     help="Pixel pseudo masks from image-level labels with a frozen CLIP (CLIP-ES), no training.\n\n"
     "Run `wsss-label IMAGES --labels LABELS --out OUT` (same as `wsss-label label ...`).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -54,10 +51,12 @@ def _command_names() -> set[str]:
 
 
 def route_default(argv: Sequence[str]) -> list[str]:
-    """`wsss-label IMAGES ...` means `wsss-label label IMAGES ...`."""
+    """`wsss-label IMAGES ...` means `wsss-label label IMAGES ...`; a word that is no path but
+    resembles a command (`evl`) is left for the app to answer "no such command, did you mean"."""
     args = list(argv)
     if args and not args[0].startswith("-") and args[0] not in _command_names():
-        return [DEFAULT_COMMAND, *args]
+        if looks_like_path(args[0]) or suggest_command(args[0], sorted(_command_names())) is None:
+            return [DEFAULT_COMMAND, *args]
     return args
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from clipseg_cli.cli.common import emit_report
 from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.conventions import classes_option, command, out_option
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.evaluation.classnames import resolve_class_names
@@ -86,12 +87,12 @@ def _print_report(report: dict[str, Any]) -> None:
 def evaluate(
     pred: Path = typer.Argument(..., help="Predicted masks: a folder of label PNGs (OUT/masks), or with --cams of CAM .npz files (OUT/cams)."),
     gt: Path = typer.Argument(..., help="Ground truth: a folder of VOC-style label PNGs (palette or greyscale; 255 = void)."),
-    classes: str = typer.Option("voc", "--classes", "-c", help="Class set: voc, coco, a class file (one per line) or \"a,b,c\". Label 1+i is class i, 0 background."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON report here ('-' for stdout)."),
+    classes: str = classes_option(),
+    out: Optional[Path] = out_option("Write the JSON report to this file ('-' for stdout).", default=None, metavar="FILE"),
     cams: bool = typer.Option(False, "--cams", help="PRED holds CAM .npz files: sweep the background threshold 0.05..0.95."),
     cam_key: Optional[CamKey] = typer.Option(None, "--cam-key", help="With --cams: score the raw 'cam' or the CAA 'refined' maps (default: refined)."),
     pred_ignore: Optional[PredIgnore] = typer.Option(None, "--pred-ignore", help="Predicted 255 pixels: 'exclude' leaves them out of the matrix, 'background' counts them as background (default: exclude)."),
-    visualize: Optional[Path] = typer.Option(None, "--visualize", help="Write GT | prediction | errors pictures and a per-class IoU bar chart to this folder."),
+    visualize: Optional[Path] = typer.Option(None, "--visualize", metavar="DIR", help="Write GT | prediction | errors pictures and a per-class IoU bar chart to this folder."),
 ) -> None:
     """Score masks (or CAMs) against ground truth: per-class IoU, mIoU, pixel accuracy."""
     if cams and pred_ignore is not None:
@@ -131,4 +132,4 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(handle_errors(evaluate))
+    command(app, "eval", handle_errors(evaluate))

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.conventions import (
+    annotations_option,
+    classes_option,
+    command,
+    device_option,
+    labels_option,
+    out_option,
+    overwrite_option,
+    weights_option,
+)
 from clipseg_cli.cli.progress import Progress, echo, failure_line
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
@@ -17,6 +27,8 @@ if TYPE_CHECKING:
     from clipseg_cli.labeling import Engine, LabelJob, Outcome, Plan
 
 BACKENDS = ("local", "ray")
+Backend = Literal["local", "ray"]
+Synonyms = Literal["sentence", "feature", "cam"]  # cam.pipeline.SYNONYM_MODES
 
 
 def _check_settings(templates: list[str], lam: float, mu: float, max_side: int, synonyms: str) -> None:
@@ -48,38 +60,34 @@ def _check_scale(workers: Optional[int], backend: str, ray_address: Optional[str
 
 def label(
     images: Path = typer.Argument(..., help="Folder of images, searched recursively (.jpg .jpeg .png .bmp .webp .tif .tiff)."),
-    labels: Optional[Path] = typer.Option(
-        None, "--labels", "-l", help='Image-level labels: JSON {"rel/path.jpg": ["cat", ...]} or lines "rel/path.jpg cat person".'
-    ),
-    annotations: Optional[Path] = typer.Option(
-        None, "--annotations", help="Folder of VOC XML files; labels = distinct object names in order (instead of --labels)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks/, cams/, vis/, run.json)."),
-    classes: str = typer.Option("voc", "--classes", "-c", help='voc | coco | FILE (one class per line, "name: synonym, ...") | "a,b,c".'),
-    weights: Optional[Path] = typer.Option(
-        None, "--weights", help="CLIP checkpoint (else $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt, downloaded if absent)."
-    ),
+    labels: Optional[Path] = labels_option(),
+    annotations: Optional[Path] = annotations_option(),
+    out: Path = out_option("Output folder: masks/, cams/, vis/, run.json."),
+    classes: str = classes_option(),
+    weights: Optional[Path] = weights_option(),
     template: list[str] = typer.Option(
-        ["a clean origami {}."], "--template", "-t", help="Prompt template with {}; repeat to average several."
+        ["a clean origami {}."], "--template", "-t", help="Prompt template with {} for the class name; repeat to average several."
     ),
-    background: Optional[str] = typer.Option(None, "--background", help="voc | coco | none | FILE; default: the class set's."),
+    background: Optional[str] = typer.Option(
+        None, "--background", metavar="voc|coco|none|FILE", help="Background prompts; default: the class set's."
+    ),
     lam: Optional[float] = typer.Option(None, "--lambda", help="CAA box threshold (default 0.4 voc/custom, 0.7 coco)."),
     mu: float = typer.Option(0.95, "--mu", help="CRF confidence below which a pixel becomes 255 (ignored)."),
-    synonyms: str = typer.Option("sentence", "--synonyms", help="Synonym fusion: sentence | feature | cam."),
+    synonyms: Synonyms = typer.Option("sentence", "--synonyms", help="Level at which a class's synonyms are fused."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF (else argmax of [1 - max refined, refined], no 255)."),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also write cams/<rel>.npz (labels, cam, refined, confidence)."),
-    visualize: bool = typer.Option(False, "--visualize", help="Also write vis/<rel>.png: image | mask overlay | CAM per label."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    visualize: bool = typer.Option(False, "--visualize", help="Also write vis/<rel>.png: image | mask overlay | CAM per label, with a colour key."),
+    device: str = device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Scale larger images down to this long side first (0: never)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose mask exists (default: skip them, i.e. resume)."),
+    overwrite: bool = overwrite_option(),
     workers: Optional[int] = typer.Option(
         None, "--workers",
         help="Worker processes that decode images and run the CRF and writing while this process runs the model; "
         "0: everything in this process. Default: one per CPU core, at most 8 (0 on one core or for one image).",
     ),
-    backend: str = typer.Option("local", "--backend", help="local | ray: shard the images over a Ray cluster (needs: pip install 'wsss-label\\[ray]')."),
+    backend: Backend = typer.Option("local", "--backend", help="Where images are labelled: here, or sharded over a Ray cluster (needs: pip install 'wsss-label\\[ray]')."),
     ray_address: Optional[str] = typer.Option(
-        None, "--ray-address", help="With --backend ray: the cluster to join (e.g. auto, HOST:6379); default $RAY_ADDRESS, else a local Ray."
+        None, "--ray-address", metavar="ADDRESS", help="With --backend ray: the cluster to join (e.g. auto, HOST:6379); default $RAY_ADDRESS, else a local Ray."
     ),
     report: bool = typer.Option(False, "--report", help="At the end, build OUT/report/index.html (as `wsss-label report OUT`)."),
 ) -> None:
@@ -234,4 +242,4 @@ def _engine(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("label")(label)
+    command(app, "label", label)

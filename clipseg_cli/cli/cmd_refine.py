@@ -11,31 +11,49 @@ import typer
 from clipseg_cli.cli.cmd_retrain import file_digest, parse_scales, predict_with_progress
 from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
 from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.conventions import (
+    annotations_option,
+    batch_size_option,
+    checkpoint_option,
+    classes_option,
+    command,
+    data_workers_option,
+    deprecated_option,
+    device_option,
+    iters_option,
+    labels_option,
+    make_app,
+    out_option,
+    overwrite_option,
+    resume_option,
+    save_every_option,
+    scales_option,
+    seed_option,
+    warmup_iters_option,
+    warn_deprecated,
+    weights_option,
+)
+from clipseg_cli.refiners import REFINERS
 from clipseg_cli.errors import EXIT_OK, ConfigError
 
 # train option name -> RefineConfig.flat() key, for the settings --resume keeps from the run.
 _DEFINING_OPTIONS = {
     "classes": "class_names", "method": "method", "iters": "iters", "batch": "batch", "crop": "crop",
-    "scales": "scales", "lr": "lr", "weight_decay": "weight_decay", "warmup": "warmup", "seed": "seed",
+    "scales": "scales", "lr": "lr", "weight_decay": "weight_decay", "warmup_iters": "warmup", "warmup": "warmup",
+    "seed": "seed",
     "context": "context", "decoder_dim": "decoder_dim",
 }  # fmt: skip
-LABELS_HELP = 'Image-level labels: JSON {"rel/path.jpg": ["cat", ...]} or lines "rel/path.jpg cat person".'
-WEIGHTS_HELP = "CLIP checkpoint (else $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt, downloaded if absent)."
 
-refine_app = typer.Typer(
+refine_app = make_app(
     name="refine",
     help="Learned refiners: train a network on the seed masks of `wsss-label label`, then predict better masks.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 def _check_numbers(iters: int, batch: int, crop: int, save_every: int, lr: float, weight_decay: float,
                    warmup: float, context: int, decoder_dim: int) -> None:  # fmt: skip
     for name, value, low in (
-        ("--iters", iters, 1), ("--batch", batch, 1), ("--crop", crop, 32), ("--save-every", save_every, 1),
+        ("--iters", iters, 1), ("--batch-size", batch, 1), ("--crop", crop, 32), ("--save-every", save_every, 1),
         ("--context", context, 1), ("--decoder-dim", decoder_dim, 1),
     ):  # fmt: skip
         if value < low:
@@ -45,48 +63,59 @@ def _check_numbers(iters: int, batch: int, crop: int, save_every: int, lr: float
     if weight_decay < 0:
         raise ConfigError(f"--weight-decay must be >= 0, got {weight_decay}")
     if not 0.0 <= warmup < 1.0:
-        raise ConfigError(f"--warmup is a fraction of --iters in [0, 1), got {warmup}")
+        raise ConfigError(f"--warmup-iters must be in [0, --iters) (--warmup: a fraction in [0, 1)), got {warmup:g} of --iters")
 
 
-@refine_app.command("train", no_args_is_help=True)
+DEFAULT_WARMUP = 0.075  # of --iters (WeakCLIP's 1500 of 20000)
+
+
+def _warmup_fraction(warmup_iters: Optional[int], warmup: Optional[float], iters: int) -> float:
+    """The warm-up as the fraction of --iters RefineConfig keeps: from --warmup-iters, or the
+    deprecated --warmup (a fraction), or the default."""
+    if warmup is not None:
+        warn_deprecated("--warmup", f"--warmup-iters N (here {round(warmup * iters)})")
+        if warmup_iters is not None:
+            raise ConfigError("give --warmup-iters only (--warmup is its deprecated form)")
+        return warmup
+    if warmup_iters is None:
+        return DEFAULT_WARMUP
+    return warmup_iters / max(1, iters) if warmup_iters >= 0 else -1.0
+
+
 def train(
     ctx: typer.Context,
     images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
     seeds: Path = typer.Argument(
         ..., help="Seed masks: SEEDS/<rel>.png, or the OUT of `wsss-label label` (its masks/)."
     ),
-    labels: Optional[Path] = typer.Option(
-        None, "--labels", "-l", help=LABELS_HELP + " On --resume: default the run's."
-    ),
-    annotations: Optional[Path] = typer.Option(
-        None, "--annotations", help="Folder of VOC XML files (instead of --labels)."
-    ),
-    classes: str = typer.Option("voc", "--classes", "-c", help='voc | coco | FILE | "a,b,c" (mask value 1 + index).'),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
-    method: str = typer.Option("weakclip", "--method", help="The refiner: weakclip."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
-    iters: int = typer.Option(20000, "--iters", help="Training iterations."),
-    batch: int = typer.Option(8, "--batch", help="Images per iteration."),
+    labels: Optional[Path] = labels_option(" On --resume: default the run's."),
+    annotations: Optional[Path] = annotations_option(),
+    classes: str = classes_option(),
+    out: Path = out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
+    method: str = typer.Option("weakclip", "--method", metavar="|".join(REFINERS), help="The refiner."),
+    weights: Optional[Path] = weights_option(),
+    iters: int = iters_option(20000),
+    batch: int = batch_size_option(8),
     crop: int = typer.Option(512, "--crop", help="Square training crop in pixels (a multiple of 32)."),
-    scales: str = typer.Option(
-        "0.75,1,1.25,1.5,1.75,2,2.5", "--scales", help="Random rescaling factors, one drawn per image."
-    ),
+    scales: str = scales_option("0.75,1,1.25,1.5,1.75,2,2.5", "Random rescaling factors, one drawn per image."),
     lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate (cosine decay to 1% of it)."),
     weight_decay: float = typer.Option(3e-5, "--weight-decay", help="AdamW weight decay."),
-    warmup: float = typer.Option(0.075, "--warmup", help="Linear warm-up over this fraction of --iters."),
+    warmup_iters: Optional[int] = warmup_iters_option(None, " Default: 7.5% of --iters."),
+    warmup: Optional[float] = deprecated_option(None, "--warmup", "--warmup-iters (--warmup was a fraction of --iters)"),
     context: int = typer.Option(8, "--context", help="Learnable context vectors before each class's tokens."),
     decoder_dim: int = typer.Option(256, "--decoder-dim", help="Channels of the text-guided decoder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt exactly."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    save_every: int = typer.Option(1000, "--save-every", help="Write last.pt every N iterations."),
-    workers: int = typer.Option(-1, "--workers", help="Data-loading processes (-1: 0 on CPU, up to 4 on CUDA)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, sample order and augmentation."),
+    resume: bool = resume_option(),
+    device: str = device_option(),
+    save_every: int = save_every_option(1000),
+    workers: int = data_workers_option(),
+    seed: int = seed_option(),
     skip_missing: bool = typer.Option(
         False, "--skip-missing", help="Train on the labelled images that have a seed mask instead of stopping."
     ),
 ) -> None:
     """Train a refiner (WeakCLIP: frozen CLIP, learnable prompt, pyramid adapter, co-attention matching, text-guided decoder) on seed masks with the balanced seeding and boundary losses."""
     explicit = [n for n in _DEFINING_OPTIONS if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
+    warmup = _warmup_fraction(warmup_iters, warmup, iters)
     raise typer.Exit(
         _run_train(
             images, seeds, labels, annotations, classes, out, method, weights, iters, batch, crop, scales, lr,
@@ -173,31 +202,20 @@ def _run_train(
     return EXIT_OK
 
 
-@refine_app.command("predict", no_args_is_help=True)
 def predict(
     images: Path = typer.Argument(
         ..., help="Images to make pseudo masks for (folder, searched recursively, or one file)."
     ),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="RUN/last.pt of `refine train`."),
-    labels: Optional[Path] = typer.Option(
-        None, "--labels", "-l", help=LABELS_HELP + " Default: the training images' labels saved in the checkpoint."
-    ),
-    annotations: Optional[Path] = typer.Option(
-        None, "--annotations", help="Folder of VOC XML files (instead of --labels)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: masks/<rel>.png and predict.json."),
-    scales: str = typer.Option("0.75,1,1.5", "--scales", help="Test scales whose softmax is averaged."),
+    checkpoint: Path = checkpoint_option("RUN/last.pt of `refine train`."),
+    labels: Optional[Path] = labels_option(" Default: the training images' labels saved in the checkpoint.", required=False),
+    annotations: Optional[Path] = annotations_option(required=False),
+    out: Path = out_option("Output folder: masks/<rel>.png and predict.json."),
+    scales: str = scales_option("0.75,1,1.5", "Test scales whose softmax is averaged."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF on the averaged probabilities."),
-    weights: Optional[Path] = typer.Option(
-        None,
-        "--weights",
-        help="CLIP checkpoint the refiner was trained on (default: the file recorded in the checkpoint, else as for labelling).",
-    ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Redo images whose mask exists (default: skip them, i.e. resume)."
-    ),
+    weights: Optional[Path] = weights_option("CLIP checkpoint the refiner was trained on; default: the file recorded in the checkpoint, else as for labelling"),
+    device: str = device_option(),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Pseudo masks from a trained refiner: argmax of the (multi-scale, flipped, CRF-refined) scores; classes an image is not labelled with become 255 (WeakCLIP's eq. 14)."""
     raise typer.Exit(
@@ -273,6 +291,10 @@ def _run_predict(
         images, out, predictor, crf=crf, overwrite=overwrite, settings=settings, device=torch_device,
         description="refining",
     )  # fmt: skip
+
+
+command(refine_app, "train", train, no_args_is_help=True)
+command(refine_app, "predict", predict, no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors, warn
+from clipseg_cli.cli.conventions import command
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import ConfigError
 
@@ -26,10 +27,10 @@ class SortKey(str, Enum):
 
 def report(
     out: Path = typer.Argument(..., help="Output folder of a run (`wsss-label IMAGES --labels ... --out OUT`): run.json and masks/, optionally cams/."),
-    gt: Optional[Path] = typer.Option(None, "--gt", help="Folder of ground-truth label PNGs (as for `wsss-label eval`): adds each image's IoU, a GT column and the mIoU table."),
+    gt: Optional[Path] = typer.Option(None, "--gt", metavar="DIR", help="Folder of ground-truth label PNGs (as for `wsss-label eval`): adds each image's IoU, a GT column and the mIoU table."),
     sort: SortKey = typer.Option(SortKey.confidence, "--sort", help="Initial order, worst first: confidence (lowest mean CRF confidence), ignored (largest 255 share), area (smallest foreground), name, iou (lowest, needs --gt)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the N worst images by --sort get a row and thumbnails (the summary covers all)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="The image folder, if it is no longer where run.json says (settings.images)."),
+    images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="The image folder, if it is no longer where run.json says (settings.images)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering thumbnails (default: one per CPU core)."),
 ) -> None:
     """Build OUT/report/index.html: a gallery of the pseudo masks that opens from disk."""
@@ -65,4 +66,4 @@ def build_with_progress(out: Path, **options: Any) -> BuildResult:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(handle_errors(report))
+    command(app, "report", handle_errors(report))

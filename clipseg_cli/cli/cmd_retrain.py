@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.conventions import (
+    batch_size_option,
+    checkpoint_option,
+    classes_option,
+    command,
+    data_workers_option,
+    device_option,
+    iters_option,
+    labels_option,
+    out_option,
+    overwrite_option,
+    resume_option,
+    save_every_option,
+    scales_option,
+    seed_option,
+)
 from clipseg_cli.cli.progress import Progress, echo, failure_line, loading
 from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
-ARCH_HELP = "deeplabv2-resnet101 | deeplabv2-resnet50 | deeplabv2-resnet18 (quick runs, tests)."
+Arch = Literal["deeplabv2-resnet101", "deeplabv2-resnet50", "deeplabv2-resnet18"]
 # retrain option name -> TrainConfig field, for the settings --resume keeps from the run.
 _DEFINING_OPTIONS = {
     "classes": "class_names", "arch": "arch", "init": "init", "iters": "iters", "batch": "batch", "crop": "crop",
@@ -36,23 +52,23 @@ def retrain(
     ctx: typer.Context,
     images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
     masks: Path = typer.Argument(..., help="Pseudo masks: MASKS/<rel>.png, or the OUT of `wsss-label label` (its masks/)."),
-    classes: str = typer.Option("voc", "--classes", "-c", help='voc | coco | FILE | "a,b,c" (mask value 1 + index).'),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: last.pt, best.pt, metrics.jsonl, loss.png, run.json."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Initial weights: torchvision ResNet .pth, deeplab-pytorch COCO/VOC .pth, or a wsss-label checkpoint. None: random init."),
-    arch: str = typer.Option("deeplabv2-resnet101", "--arch", help=ARCH_HELP),
-    iters: int = typer.Option(20000, "--iters", help="Training iterations."),
-    batch: int = typer.Option(10, "--batch", help="Images per iteration."),
+    classes: str = classes_option(),
+    out: Path = out_option("Run folder: last.pt, best.pt, metrics.jsonl, loss.png, run.json."),
+    init: Optional[Path] = typer.Option(None, "--init", metavar="FILE", help="Initial weights: torchvision ResNet .pth, deeplab-pytorch COCO/VOC .pth, or a wsss-label checkpoint. Default: random."),
+    arch: Arch = typer.Option("deeplabv2-resnet101", "--arch", help="Network (resnet18: quick runs, tests)."),
+    iters: int = iters_option(20000),
+    batch: int = batch_size_option(10),
     crop: int = typer.Option(321, "--crop", help="Square training crop in pixels."),
-    scales: str = typer.Option("0.5,0.75,1,1.25,1.5", "--scales", help="Random rescaling factors, one drawn per image."),
+    scales: str = scales_option("0.5,0.75,1,1.25,1.5", "Random rescaling factors, one drawn per image."),
     lr: float = typer.Option(2e-4, "--lr", help="Base learning rate (2e-4 ImageNet init, 2.5e-5 COCO init); ASPP 10x (bias 20x)."),
     power: float = typer.Option(0.9, "--power", help="Poly decay: lr * (1 - it/iters) ** power."),
     balanced: bool = typer.Option(False, "--balanced", help="Class-balanced cross-entropy (the paper's COCO setting)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt exactly."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    val: Optional[tuple[Path, Path]] = typer.Option(None, "--val", help="IMAGES GT: mIoU at each checkpoint, best model kept as best.pt."),
-    save_every: int = typer.Option(1000, "--save-every", help="Write last.pt (and validate) every N iterations."),
-    workers: int = typer.Option(-1, "--workers", help="Data-loading processes (-1: 0 on CPU, up to 4 on CUDA)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, sample order and augmentation."),
+    resume: bool = resume_option(),
+    device: str = device_option(),
+    val: Optional[tuple[Path, Path]] = typer.Option(None, "--val", metavar="IMAGES GT", help="Validation images and GT masks: mIoU at each checkpoint, best model kept as best.pt."),
+    save_every: int = save_every_option(1000, " Validates too, with --val."),
+    workers: int = data_workers_option(),
+    seed: int = seed_option(),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Train on the images that have a mask instead of stopping."),
 ) -> None:
     """Train DeepLabV2 on pseudo masks with the confidence-guided loss (pixels labelled 255 are ignored)."""
@@ -83,7 +99,7 @@ def _run_retrain(
         raise ConfigError(f"IMAGES {images}: no such folder")
     if not masks.is_dir():
         raise ConfigError(f"MASKS {masks}: no such folder")
-    for name, value, low in (("--iters", iters, 1), ("--batch", batch, 1), ("--crop", crop, 8), ("--save-every", save_every, 1)):
+    for name, value, low in (("--iters", iters, 1), ("--batch-size", batch, 1), ("--crop", crop, 8), ("--save-every", save_every, 1)):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}, got {value}")
     if not lr > 0:
@@ -134,16 +150,17 @@ def _run_retrain(
 
 def predict(
     images: Path = typer.Argument(..., help="Images to segment (folder, searched recursively, or one file)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint of retrain (RUN/last.pt, RUN/best.pt), refine train or train-cam."),
-    labels: Optional[Path] = typer.Option(
-        None, "--labels", "-l", help="Image-level labels (as the main command): masks keep only each image's classes (others 255), unlabelled images are skipped; needed by CAM generators."
+    checkpoint: Path = checkpoint_option("A checkpoint of retrain (RUN/last.pt, RUN/best.pt), refine train or train-cam."),
+    labels: Optional[Path] = labels_option(
+        " Masks keep only each image's classes (others 255), unlabelled images are skipped; needed by CAM generators.",
+        required=False,
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: masks/<rel>.png and predict.json."),
-    scales: str = typer.Option("0.5,0.75,1", "--scales", help="Test scales whose softmax is averaged."),
+    out: Path = out_option("Output folder: masks/<rel>.png and predict.json."),
+    scales: str = scales_option("0.5,0.75,1", "Test scales whose softmax is averaged."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF on the averaged probabilities (DeepLab defaults)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose mask exists (default: skip them, i.e. resume)."),
+    device: str = device_option(),
+    overwrite: bool = overwrite_option(),
     bg_threshold: Optional[float] = typer.Option(
         None, "--bg-threshold", help="CAM generators (train-cam): background where no class map reaches this (default: the checkpoint's)."
     ),
@@ -242,5 +259,5 @@ def predict_with_progress(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("retrain", no_args_is_help=True)(retrain)
-    app.command("predict", no_args_is_help=True)(predict)
+    command(app, "retrain", retrain, no_args_is_help=True)
+    command(app, "predict", predict, no_args_is_help=True)

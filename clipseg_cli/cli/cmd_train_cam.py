@@ -7,13 +7,13 @@ import importlib
 import typer
 
 from clipseg_cli.cam_generators import METHODS
+from clipseg_cli.cli.conventions import make_app
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(
+    group = make_app(
         help="Train a learned CAM generator (CLIMS, DALNet, ViT-PCM) from image-level labels; "
         "predict its masks with `wsss-label predict IMAGES --checkpoint RUN/last.pt --labels LABELS`.",
-        no_args_is_help=True,
     )
     for method in METHODS:
         importlib.import_module(f"clipseg_cli.cli.train_cam_{method}").register(group)

@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.conventions import (
+    annotations_option,
+    batch_size_option,
+    classes_option,
+    command,
+    data_workers_option,
+    device_option,
+    iters_option,
+    labels_option,
+    out_option,
+    resume_option,
+    save_every_option,
+    scales_option,
+    seed_option,
+    weights_option,
+)
 from clipseg_cli.errors import EXIT_OK, ConfigError
 
-LABELS_HELP = 'Image-level labels: JSON {"rel/path.jpg": ["cat", ...]} or lines "rel/path.jpg cat person".'
-WEIGHTS_HELP = "CLIP checkpoint (else $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt, downloaded if absent)."
+Arch = Literal["resnet50", "resnet101", "resnet34", "resnet18"]  # cam_generators.clims.ARCHS
+Reduction = Literal["mean", "sum"]
 # option name -> ClimsConfig.flat() key, for the settings --resume keeps from the run.
 _DEFINING = {
     "classes": "class_names", "arch": "arch", "iters": "iters", "batch": "batch", "crop": "crop", "scales": "scales",
@@ -23,30 +40,30 @@ _DEFINING = {
 def train(
     ctx: typer.Context,
     images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
-    labels: Path | None = typer.Option(None, "--labels", "-l", help=LABELS_HELP + " On --resume: default the run's."),
-    annotations: Path | None = typer.Option(None, "--annotations", help="Folder of VOC XML files (instead of --labels)."),
-    classes: str = typer.Option("voc", "--classes", "-c", help='voc | coco | FILE | "a,b,c" (mask value 1 + index).'),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
-    arch: str = typer.Option("resnet50", "--arch", help="CAM backbone: resnet50 (paper) | resnet101 | resnet34 | resnet18."),
-    init: Path | None = typer.Option(None, "--init", help="Backbone init: a torchvision-layout ResNet file (e.g. resnet50-*.pth); default random."),
-    weights: Path | None = typer.Option(None, "--weights", help=WEIGHTS_HELP),
-    iters: int = typer.Option(6615, "--iters", help="Training iterations (default: 10 epochs of VOC train_aug at batch 16)."),
-    batch: int = typer.Option(16, "--batch", help="Images per iteration."),
+    labels: Path | None = labels_option(" On --resume: default the run's."),
+    annotations: Path | None = annotations_option(),
+    classes: str = classes_option(),
+    out: Path = out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
+    arch: Arch = typer.Option("resnet50", "--arch", help="CAM backbone (resnet50: the paper's)."),
+    init: Path | None = typer.Option(None, "--init", metavar="FILE", help="Backbone init: a torchvision-layout ResNet file (e.g. resnet50-*.pth); default random."),
+    weights: Path | None = weights_option(),
+    iters: int = iters_option(6615, " Default: 10 epochs of VOC train_aug at batch size 16."),
+    batch: int = batch_size_option(16),
     crop: int = typer.Option(512, "--crop", help="Square training crop in pixels."),
-    scales: str = typer.Option("0.7,0.85,1,1.15,1.3", "--scales", help="Random rescaling factors, one drawn per image."),
+    scales: str = scales_option("0.7,0.85,1,1.15,1.3", "Random rescaling factors, one drawn per image."),
     lr: float = typer.Option(2.5e-4, "--lr", help="SGD learning rate (1x1 head at 10x), cosine annealing to 0."),
     alpha: float = typer.Option(10.0, "--alpha", help="Weight of L_OTM (eq. 6)."),
     beta: float = typer.Option(25.0, "--beta", help="Weight of L_BTM (eq. 8)."),
     gamma: float = typer.Option(29.5, "--gamma", help="Weight of L_CBS (eq. 10)."),
     delta: float = typer.Option(1.15, "--delta", help="Weight of L_REG (eq. 12)."),
-    reduction: str = typer.Option("mean", "--reduction", help="mean: over positive (image, class) pairs, as the authors' code; sum: eqs. 6/8/10 literally, per image."),
+    reduction: Reduction = typer.Option("mean", "--reduction", help="mean: over positive (image, class) pairs, as the authors' code; sum: eqs. 6/8/10 literally, per image."),
     clip_size: int = typer.Option(0, "--clip-size", help="Side CLIP sees the masked images at (0: the checkpoint's, 224)."),
     bg_threshold: float = typer.Option(0.15, "--bg-threshold", help="Background score against max-normalised CAMs, used by predict."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt exactly."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    save_every: int = typer.Option(500, "--save-every", help="Write last.pt every N iterations."),
-    workers: int = typer.Option(-1, "--workers", help="Data-loading processes (-1: 0 on CPU, up to 4 on CUDA)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, sample order and augmentation."),
+    resume: bool = resume_option(),
+    device: str = device_option(),
+    save_every: int = save_every_option(500),
+    workers: int = data_workers_option(),
+    seed: int = seed_option(),
 ) -> None:
     """CLIMS (CVPR 2022): train a ResNet CAM network (sigmoid maps, no pooling) with a frozen CLIP as text-driven evaluator (OTM, BTM, CBS, REG losses); predict its masks with `wsss-label predict --checkpoint RUN/last.pt --labels LABELS`."""
     explicit = [n for n in _DEFINING if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
@@ -78,7 +95,7 @@ def _run(images: Path, labels: Path | None, annotations: Path | None, classes: s
 
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such folder")
-    for name, value, low in (("--iters", iters, 1), ("--batch", batch, 1), ("--crop", crop, 32), ("--save-every", save_every, 1)):
+    for name, value, low in (("--iters", iters, 1), ("--batch-size", batch, 1), ("--crop", crop, 32), ("--save-every", save_every, 1)):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}, got {value}")
     if not lr > 0:
@@ -123,4 +140,4 @@ def _run(images: Path, labels: Path | None, annotations: Path | None, classes: s
 
 
 def register(group: typer.Typer) -> None:
-    group.command("clims", no_args_is_help=True)(train)
+    command(group, "clims", train, no_args_is_help=True)

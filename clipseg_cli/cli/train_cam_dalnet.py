@@ -8,46 +8,60 @@ from typing import Optional
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.conventions import (
+    annotations_option,
+    batch_size_option,
+    classes_option,
+    command,
+    command_class,
+    device_option,
+    iters_option,
+    labels_option,
+    out_option,
+    save_every_option,
+    seed_option,
+    warmup_iters_option,
+    weights_option,
+)
 from clipseg_cli.errors import EXIT_OK, ConfigError
 
-LABELS_HELP = 'Image-level labels: JSON {"rel/path.jpg": ["cat", ...]} or lines "rel/path.jpg cat person".'
-WEIGHTS_HELP = "CLIP checkpoint for the frozen text encoder (and --backbone clip); else $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt."
 
 
 def register(group: typer.Typer) -> None:
-    group.command("dalnet", no_args_is_help=True)(dalnet)
+    command(group, "dalnet", dalnet, cls=command_class(warmup="--warmup-iters"), no_args_is_help=True)
 
 
 def dalnet(
     images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
-    labels: Path = typer.Option(..., "--labels", help=LABELS_HELP),
-    classes: str = typer.Option("voc", "--classes", "-c", help='voc | coco | FILE | "a,b,c" (mask value 1 + index).'),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: last.pt, metrics.jsonl, run.json."),
-    backbone: str = typer.Option("clip", "--backbone", help="clip (our CLIP's image tower, fine-tuned) | FILE (timm ViT-B/16 state dict)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
-    iters: int = typer.Option(20000, "--iters", help="Training iterations."),
-    batch: int = typer.Option(4, "--batch", help="Images per iteration."),
+    labels: Optional[Path] = labels_option(),
+    annotations: Optional[Path] = annotations_option(),
+    classes: str = classes_option(),
+    out: Path = out_option("Run folder: last.pt, metrics.jsonl, run.json."),
+    backbone: str = typer.Option("clip", "--backbone", metavar="clip|FILE", help="clip: our CLIP's image tower, fine-tuned; FILE: a timm ViT-B/16 state dict."),
+    weights: Optional[Path] = weights_option("CLIP checkpoint for the frozen text encoder (and --backbone clip)"),
+    iters: int = iters_option(20000),
+    batch: int = batch_size_option(4),
     lr: float = typer.Option(6e-5, "--lr", help="AdamW peak learning rate (after warm-up; poly 0.9 decay)."),
-    warmup: int = typer.Option(1500, "--warmup", help="Linear warm-up iterations (from 1e-6 x --lr)."),
+    warmup: int = warmup_iters_option(1500, " Starts at 1e-6 x --lr."),
     crop: int = typer.Option(448, "--crop", help="Square training crop (a multiple of the patch size)."),
     inter_block: int = typer.Option(0, "--inter-block", help="Block (1-based) of the intermediate CAM; 0: 10 on ViT-B (depth - 2)."),
     beta: float = typer.Option(0.5, "--beta", help="Background threshold of the object-aware mask."),
-    save_every: int = typer.Option(1000, "--save-every", help="Write last.pt every N iterations."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, sampling and augmentation."),
+    save_every: int = save_every_option(1000),
+    seed: int = seed_option("Seed of initialisation, sampling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt exactly (its settings are kept)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = device_option(),
     seg_head: bool = typer.Option(False, "--seg-head", help="The single-stage segmentation head (not implemented yet)."),
 ) -> None:
     """Train DALNet's CAMs: ViT + frozen CLIP text, global implicit and local explicit alignment, ToCo patch contrast."""
     raise typer.Exit(
-        _run(images, labels, classes, out, backbone, weights, iters, batch, lr, warmup, crop, inter_block, beta,
+        _run(images, labels, annotations, classes, out, backbone, weights, iters, batch, lr, warmup, crop, inter_block, beta,
              save_every, seed, resume, device, seg_head)
     )  # fmt: skip
 
 
 @handle_errors(interrupted="interrupted; training state saved in last.pt, continue with --resume")
 def _run(
-    images: Path, labels: Path, classes: str, out: Path, backbone: str, weights: Optional[Path], iters: int,
+    images: Path, labels: Optional[Path], annotations: Optional[Path], classes: str, out: Path, backbone: str, weights: Optional[Path], iters: int,
     batch: int, lr: float, warmup: int, crop: int, inter_block: int, beta: float, save_every: int, seed: int,
     resume: bool, device: str, seg_head: bool,
 ) -> int:  # fmt: skip
@@ -58,7 +72,7 @@ def _run(
     from clipseg_cli.cli.common import load_clip_model
     from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
     from clipseg_cli.data.classes import load_class_set
-    from clipseg_cli.data.labels import read_labels_file
+    from clipseg_cli.refiners.base import read_label_source
     from clipseg_cli.device import resolve_device
     from clipseg_cli.segmentation.checkpoint import read_checkpoint
     from clipseg_cli.segmentation.dataset import list_images
@@ -66,7 +80,7 @@ def _run(
 
     if seg_head:
         raise ConfigError("--seg-head is not implemented yet; DALNet's CAMs are trained without it")
-    for name, value, low in (("--iters", iters, 1), ("--batch", batch, 1), ("--crop", crop, 16), ("--save-every", save_every, 0), ("--warmup", warmup, 0)):
+    for name, value, low in (("--iters", iters, 1), ("--batch-size", batch, 1), ("--crop", crop, 16), ("--save-every", save_every, 0), ("--warmup-iters", warmup, 0)):
         if value < low:
             raise ConfigError(f"{name} must be at least {low}, got {value}")
     if lr <= 0 or not 0 < beta < 1:
@@ -87,7 +101,7 @@ def _run(
         backbone = saved["model_config"]["backbone"]
     else:
         cfg = D.TrainConfig(out=out, iters=iters, batch=batch, lr=lr, warmup=warmup, crop=crop, save_every=save_every, seed=seed)
-    index = read_labels_file(labels)
+    index = read_label_source(labels, annotations)
     found = list_images(images)
     paths, multi_hot, unknown = [], [], set()
     for key, path in sorted(found.items()):
@@ -105,7 +119,7 @@ def _run(
         paths.append(path)
         multi_hot.append(row)
     if not paths:
-        raise ConfigError(f"no image under {images} has labels in {labels}")
+        raise ConfigError(f"no image under {images} has labels in {labels or annotations}")
     torch_device = resolve_device(device)
     clip, resolved = load_clip_model(weights, torch_device)
     clip.requires_grad_(False)

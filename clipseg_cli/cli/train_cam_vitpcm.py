@@ -5,110 +5,68 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.errors import EXIT_OK, ConfigError
+from clipseg_cli.cli.console import console, fail, handle_errors
+from clipseg_cli.cli.conventions import (
+    annotations_option,
+    batch_size_option,
+    classes_option,
+    command,
+    data_workers_option,
+    device_option,
+    iters_option,
+    labels_option,
+    out_option,
+    resume_option,
+    save_every_option,
+    seed_option,
+    weights_option,
+)
+from clipseg_cli.errors import EXIT_OK, EXIT_USAGE, ConfigError
 
-LABELS_HELP = 'Image-level labels: JSON {"rel/path.jpg": ["cat", ...]} or lines "rel/path.jpg cat person".'
 # option name -> VitPcmConfig field, for the settings --resume keeps from the run.
 _DEFINING_OPTIONS = {
-    "classes": "class_names", "backbone": "backbone", "size": "size", "epochs": "epochs", "batch": "batch",
+    "classes": "class_names", "backbone": "backbone", "size": "size", "epochs": "epochs", "iters": "iters", "batch": "batch",
     "frozen_epochs": "frozen_epochs", "lr": "lr", "lr_finetune": "lr_finetune", "unfreeze": "unfreeze",
     "lstm_hidden": "lstm_hidden", "l2": "l2", "et_weight": "et_weight", "predict_size": "predict_size", "seed": "seed",
 }  # fmt: skip
 
 
 def register(group: typer.Typer) -> None:
-    group.command("vitpcm", no_args_is_help=True)(vitpcm)
+    command(group, "vitpcm", vitpcm, no_args_is_help=True)
 
 
 def vitpcm(
     ctx: typer.Context,
-    images: Path = typer.Argument(
-        ..., help="Training images (folder, searched recursively)."
-    ),
-    labels: Path | None = typer.Option(
-        None, "--labels", "-l", help=LABELS_HELP + " On --resume: default the run's."
-    ),
-    annotations: Path | None = typer.Option(
-        None, "--annotations", help="Folder of VOC XML files (instead of --labels)."
-    ),
-    classes: str = typer.Option(
-        "voc",
-        "--classes",
-        "-c",
-        help='voc | coco | FILE | "a,b,c" (mask value 1 + index).',
-    ),
-    out: Path = typer.Option(
-        ...,
-        "--out",
-        "-o",
-        help="Run folder: last.pt, metrics.jsonl, loss.png, run.json.",
-    ),
+    images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
+    labels: Path | None = labels_option(" On --resume: default the run's."),
+    annotations: Path | None = annotations_option(),
+    classes: str = classes_option(),
+    out: Path = out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
     backbone: str = typer.Option(
-        "clip",
-        "--backbone",
-        help="clip (our CLIP's image tower) | FILE (timm-layout ImageNet ViT state dict).",
+        "clip", "--backbone", metavar="clip|FILE", help="clip: our CLIP's image tower; FILE: a timm-layout ImageNet ViT state dict."
     ),
-    weights: Path | None = typer.Option(
-        None,
-        "--weights",
-        help="CLIP checkpoint for --backbone clip (else $WSSS_LABEL_WEIGHTS / the cached ViT-B-16.pt).",
-    ),
-    size: int = typer.Option(
-        384,
-        "--size",
-        help="Training images are resized to SIZE x SIZE (a multiple of twice the patch size).",
-    ),
-    epochs: int = typer.Option(10, "--epochs", help="Passes over the labelled images."),
-    batch: int = typer.Option(
-        8, "--batch", help="Images per iteration (the mosaic branch groups them by 4)."
-    ),
-    frozen_epochs: int = typer.Option(
-        2, "--frozen-epochs", help="First epochs with the backbone frozen, at --lr."
-    ),
-    lr: float = typer.Option(
-        1e-3, "--lr", help="Adam learning rate while the backbone is frozen."
-    ),
-    lr_finetune: float = typer.Option(
-        1e-4, "--lr-finetune", help="Adam learning rate once the last blocks train."
-    ),
-    unfreeze: int = typer.Option(
-        4,
-        "--unfreeze",
-        help="Last backbone blocks trained after --frozen-epochs (0: never).",
-    ),
-    lstm_hidden: int = typer.Option(
-        256, "--lstm-hidden", help="Hidden units per direction of each BiLSTM."
-    ),
-    l2: float = typer.Option(
-        0.1, "--l2", help="L2 regularisation of the patch classifier's weights."
-    ),
-    et_weight: float = typer.Option(
-        1.0,
-        "--et-weight",
-        help="Weight of the equivariance loss (0: no second branch).",
-    ),
-    predict_size: int = typer.Option(
-        960,
-        "--predict-size",
-        help="Side images are scaled to by predict (960: a 60x60 grid at /16).",
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from last.pt exactly."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    save_every: int = typer.Option(
-        500, "--save-every", help="Write last.pt every N iterations."
-    ),
-    workers: int = typer.Option(
-        -1, "--workers", help="Data-loading processes (-1: 0 on CPU, up to 4 on CUDA)."
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of initialisation, sample order and augmentation."
-    ),
+    weights: Path | None = weights_option("CLIP checkpoint for --backbone clip"),
+    size: int = typer.Option(384, "--size", help="Training images are resized to SIZE x SIZE (a multiple of twice the patch size)."),
+    epochs: int = typer.Option(10, "--epochs", help="Training length in passes over the labelled images (this method's unit)."),
+    iters: Optional[int] = iters_option(None, " Instead of --epochs, for the same unit as the other training commands."),
+    batch: int = batch_size_option(8, " The mosaic branch groups them by 4."),
+    frozen_epochs: int = typer.Option(2, "--frozen-epochs", help="First epochs with the backbone frozen, at --lr."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate while the backbone is frozen."),
+    lr_finetune: float = typer.Option(1e-4, "--lr-finetune", help="Adam learning rate once the last blocks train."),
+    unfreeze: int = typer.Option(4, "--unfreeze", help="Last backbone blocks trained after --frozen-epochs (0: never)."),
+    lstm_hidden: int = typer.Option(256, "--lstm-hidden", help="Hidden units per direction of each BiLSTM."),
+    l2: float = typer.Option(0.1, "--l2", help="L2 regularisation of the patch classifier's weights."),
+    et_weight: float = typer.Option(1.0, "--et-weight", help="Weight of the equivariance loss (0: no second branch)."),
+    predict_size: int = typer.Option(960, "--predict-size", help="Side images are scaled to by predict (960: a 60x60 grid at /16)."),
+    resume: bool = resume_option(),
+    device: str = device_option(),
+    save_every: int = save_every_option(500),
+    workers: int = data_workers_option(),
+    seed: int = seed_option(),
 ) -> None:
     """Train ViT-PCM (ECCV 2022) from image-level labels: ViT patch tokens -> HV-BiLSTM -> per-patch softmax over background + classes, global max pooling, multi-label BCE, equivariance to affine transforms and 2x2 mosaics. Masks: `wsss-label predict IMAGES --checkpoint RUN/last.pt`."""
     explicit = [
@@ -116,9 +74,11 @@ def vitpcm(
         for n in _DEFINING_OPTIONS
         if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"
     ]
+    if "iters" in explicit and "epochs" in explicit:
+        raise fail("give --iters or --epochs, not both", EXIT_USAGE)
     raise typer.Exit(
         _run(
-            images, labels, annotations, classes, out, backbone, weights, size, epochs, batch, frozen_epochs, lr,
+            images, labels, annotations, classes, out, backbone, weights, size, epochs, iters, batch, frozen_epochs, lr,
             lr_finetune, unfreeze, lstm_hidden, l2, et_weight, predict_size, resume, device, save_every, workers, seed,
             explicit,
         )
@@ -130,7 +90,7 @@ def vitpcm(
 )
 def _run(
     images: Path, labels: Path | None, annotations: Path | None, classes: str, out: Path, backbone: str,
-    weights: Path | None, size: int, epochs: int, batch: int, frozen_epochs: int, lr: float, lr_finetune: float,
+    weights: Path | None, size: int, epochs: int, iters: Optional[int], batch: int, frozen_epochs: int, lr: float, lr_finetune: float,
     unfreeze: int, lstm_hidden: int, l2: float, et_weight: float, predict_size: int, resume: bool, device: str,
     save_every: int, workers: int, seed: int, explicit: list[str],
 ) -> int:  # fmt: skip
@@ -149,7 +109,7 @@ def _run(
     if not images.exists():
         raise ConfigError(f"IMAGES {images}: no such folder")
     for name, value, low in (
-        ("--size", size, 32), ("--epochs", epochs, 1), ("--batch", batch, 1), ("--frozen-epochs", frozen_epochs, 0),
+        ("--size", size, 32), ("--epochs", epochs, 1), ("--iters", 1 if iters is None else iters, 1), ("--batch-size", batch, 1), ("--frozen-epochs", frozen_epochs, 0),
         ("--unfreeze", unfreeze, 0), ("--lstm-hidden", lstm_hidden, 1), ("--predict-size", predict_size, 32),
         ("--save-every", save_every, 1),
     ):  # fmt: skip
@@ -170,7 +130,7 @@ def _run(
     cfg = VitPcmConfig(
         images=images, out=out, class_names=list(class_set.classes), backbone=backbone,
         clip_weights=str(weights) if weights else None, size=size, epochs=epochs, batch=batch,
-        frozen_epochs=frozen_epochs, lr=lr, lr_finetune=lr_finetune, unfreeze=unfreeze, lstm_hidden=lstm_hidden,
+        iters=iters, frozen_epochs=frozen_epochs, lr=lr, lr_finetune=lr_finetune, unfreeze=unfreeze, lstm_hidden=lstm_hidden,
         l2=l2, et_weight=et_weight, predict_size=predict_size, seed=seed, save_every=save_every, workers=workers,
     )  # fmt: skip
     saved = load_resume(out) if resume else None

@@ -8,26 +8,18 @@ import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from clipseg_cli.io.atomic import atomic_path, write_bytes
+from clipseg_cli.io.legend import GAP, TEXT, WHITE, legend_image
+from clipseg_cli.io.legend import font as legend_font
 from clipseg_cli.io.masks import IGNORE_LABEL, voc_palette
 
-GAP = 6
 HEADER = 22
 CORRECT = (45, 45, 45)
 WRONG = (230, 30, 30)
 LEFT_OUT = (250, 200, 0)
 VOID = tuple(int(v) for v in voc_palette()[IGNORE_LABEL])
-WHITE = (255, 255, 255)
-TEXT = (20, 20, 20)
-
-
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=13)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,21 +46,6 @@ def error_codes(gt: np.ndarray, pred: np.ndarray, pred_ignore: str = "exclude") 
     return codes
 
 
-def _legend_lines(
-    draw: ImageDraw.ImageDraw, entries: list[tuple[str, tuple[int, int, int]]], width: int, font
-) -> list[list[tuple[str, tuple[int, int, int], int]]]:
-    lines: list[list[tuple[str, tuple[int, int, int], int]]] = [[]]
-    x = GAP
-    for text, color in entries:
-        w = 16 + int(draw.textlength(text, font=font)) + 12
-        if x + w > width and lines[-1]:
-            lines.append([])
-            x = GAP
-        lines[-1].append((text, color, x))
-        x += w
-    return lines
-
-
 def side_by_side(
     gt: np.ndarray,
     pred: np.ndarray,
@@ -84,8 +61,7 @@ def side_by_side(
         _indexed(error_codes(gt, pred, pred_ignore), ERROR_COLORS),
     ]
     width = 3 * w + 2 * GAP
-    font = _font()
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = legend_font()
     names = ["background", *class_names]
     palette = _palette()
     counts = np.bincount(gt.ravel(), minlength=256) + np.bincount(pred.ravel(), minlength=256)
@@ -95,9 +71,8 @@ def side_by_side(
     entries += [("void / ignored", VOID), ("correct", CORRECT), ("wrong", WRONG)]
     if pred_ignore == "exclude" and (pred == IGNORE_LABEL).any():
         entries.append(("predicted 255, left out", LEFT_OUT))
-    lines = _legend_lines(scratch, entries, width, font)
-    legend_h = len(lines) * 18 + GAP
-    canvas = Image.new("RGB", (width, HEADER + h + legend_h), WHITE)
+    legend = legend_image(entries, width)
+    canvas = Image.new("RGB", (width, HEADER + h + legend.height), WHITE)
     for i, panel in enumerate(panels):
         canvas.paste(panel.convert("RGB"), (i * (w + GAP), HEADER))
     draw = ImageDraw.Draw(canvas)
@@ -106,12 +81,7 @@ def side_by_side(
         heads[0] = f"GT  {title}"
     for i, text in enumerate(heads):
         draw.text((i * (w + GAP) + 4, 4), text, fill=TEXT, font=font)
-    y = HEADER + h + GAP // 2
-    for line in lines:
-        for text, color, x in line:
-            draw.rectangle((x, y + 2, x + 12, y + 14), fill=color, outline=TEXT)
-            draw.text((x + 16, y), text, fill=TEXT, font=font)
-        y += 18
+    canvas.paste(legend, (0, HEADER + h))
     return canvas
 
 

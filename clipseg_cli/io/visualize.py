@@ -1,4 +1,5 @@
-"""Review pictures: image | mask overlay | one CAM heat map per label, side by side."""
+"""Review pictures: image | mask overlay | one CAM heat map per label, side by side, and a
+colour key of the mask under them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import cv2
 import numpy as np
 
 from clipseg_cli.io.atomic import write_bytes
+from clipseg_cli.io.legend import legend_image
 from clipseg_cli.io.masks import IGNORE_LABEL, voc_palette
 
 TILE_HEIGHT = 320
+IGNORED_KEY = (224, 224, 224)  # what ignored pixels blend towards in the overlay
 
 
 def colorize_mask(mask: np.ndarray) -> np.ndarray:
@@ -43,20 +46,43 @@ def _tile(rgb: np.ndarray, caption: str) -> np.ndarray:
     return np.concatenate([bar, tile], axis=0)
 
 
-def compose(image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str]) -> np.ndarray:
+def mask_key(mask: np.ndarray, labels: Sequence[int], names: Sequence[str]) -> list[tuple[str, tuple[int, int, int]]]:
+    """The colour key of the overlay: each label's palette colour (mask value 1 + class index),
+    then ignored (255) if the mask has any; background is left unpainted."""
+    palette = voc_palette()
+    entries = [(name, tuple(int(c) for c in palette[1 + int(label)])) for label, name in zip(labels, names)]
+    if (mask == IGNORE_LABEL).any():
+        entries.append(("ignored (255)", IGNORED_KEY))
+    return entries  # type: ignore[return-value]
+
+
+def compose(
+    image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None
+) -> np.ndarray:
+    """The picture; with ``labels`` (class indices, in the order of ``names``) a colour key under it."""
     tiles = [_tile(image, "image"), _tile(overlay(image, mask), "mask")]
     tiles += [_tile(heatmap(image, cam), f"CAM {name}") for cam, name in zip(cams, names)]
     gap = np.full((TILE_HEIGHT + 24, 4, 3), 255, np.uint8)
     row = [tiles[0]]
     for t in tiles[1:]:
         row += [gap, t]
-    return np.concatenate(row, axis=1)
+    picture = np.concatenate(row, axis=1)
+    if labels is None:
+        return picture
+    key = np.asarray(legend_image(mask_key(mask, labels, names), picture.shape[1]))
+    return np.concatenate([picture, key], axis=0)
 
 
 def save_visualization(
-    dest: str | os.PathLike[str], image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str]
+    dest: str | os.PathLike[str],
+    image: np.ndarray,
+    mask: np.ndarray,
+    cams: np.ndarray,
+    names: Sequence[str],
+    labels: Sequence[int] | None = None,
 ) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(compose(image, mask, cams, names), cv2.COLOR_RGB2BGR))
+    picture = compose(image, mask, cams, names, labels)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError("PNG encoding failed")
     write_bytes(dest, data.tobytes())
