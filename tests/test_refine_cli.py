@@ -52,8 +52,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train_args(data: Path, golden_weights: Path, out: Path, *extra: object) -> list[object]:
     return [
         "refine", "train", data / "images", data / "masks", "--labels", data / "labels.json", "--classes", ",".join(NAMES),
-        "--weights", golden_weights, "--crop", "32", "--scales", "0.75,1", "--batch", "2", "--context", "4",
-        "--decoder-dim", "16", "--warmup", "0", "--device", "cpu", "--out", out, *extra,
+        "--weights", golden_weights, "--crop", "32", "--scales", "0.75,1", "--batch-size", "2", "--context", "4",
+        "--decoder-dim", "16", "--warmup-iters", "0", "--device", "cpu", "--out", out, *extra,
     ]  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def test_training_loss_halves_then_masks_follow_eq14(data: Path, golden_weights:
 
 
 def test_resume_is_bit_exact(data: Path, golden_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    common = ["--iters", "8", "--lr", "1e-3", "--save-every", "3", "--warmup", "0.25"]
+    common = ["--iters", "8", "--lr", "1e-3", "--save-every", "3", "--warmup-iters", "2"]
     full = invoke(*train_args(data, golden_weights, tmp_path / "full", *common))
     assert full.exit_code == 0, full.output
 
@@ -173,7 +173,7 @@ def test_resume_is_bit_exact(data: Path, golden_weights: Path, tmp_path: Path, m
     [
         (["--crop", "48"], "--crop"),
         (["--iters", "0"], "--iters"),
-        (["--warmup", "1"], "--warmup"),
+        (["--warmup-iters", "1"], "--warmup-iters"),
         (["--context", "0"], "--context"),
         (["--method", "clims"], "--method"),
         (["--scales", "1,x"], "--scales"),

@@ -42,7 +42,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_resume_is_bit_exact(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    common = [data / "images", data / "masks", *TINY, "--iters", "10", "--batch", "2", "--lr", "1e-3", "--save-every", "5"]
+    common = [data / "images", data / "masks", *TINY, "--iters", "10", "--batch-size", "2", "--lr", "1e-3", "--save-every", "5"]
     full = invoke("retrain", *common, "--out", tmp_path / "full")
     assert full.exit_code == 0, full.output
 
@@ -74,7 +74,7 @@ def test_resume_is_bit_exact(data: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_resume_refuses_changed_settings(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    common = [data / "images", data / "masks", *TINY, "--iters", "4", "--batch", "1", "--save-every", "2"]
+    common = [data / "images", data / "masks", *TINY, "--iters", "4", "--batch-size", "1", "--save-every", "2"]
     with monkeypatch.context() as m:
         interrupt_training_at(m, 2)
         assert invoke("retrain", *common, "--out", tmp_path / "r").exit_code == 130
@@ -87,7 +87,7 @@ def test_loss_drops_when_overfitting_one_image(tmp_path: Path) -> None:
     data = write_shapes_dataset(tmp_path / "one", 1, size=32, num_classes=2, seed=5)
     result = invoke(
         "retrain", data / "images", data / "masks", "--classes", "a,b", "--arch", "deeplabv2-resnet18",
-        "--crop", "32", "--scales", "1", "--iters", "25", "--batch", "2", "--lr", "1e-3", "--device", "cpu",
+        "--crop", "32", "--scales", "1", "--iters", "25", "--batch-size", "2", "--lr", "1e-3", "--device", "cpu",
         "--out", tmp_path / "run",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -109,7 +109,7 @@ def test_image_without_mask(data: Path, tmp_path: Path) -> None:
     result = invoke("retrain", data / "images", masks, *TINY, "--iters", "1", "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert "s002.png" in one_error_line(result)
-    ok = invoke("retrain", data / "images", masks, *TINY, "--iters", "1", "--batch", "1", "--skip-missing", "--out", tmp_path / "run")
+    ok = invoke("retrain", data / "images", masks, *TINY, "--iters", "1", "--batch-size", "1", "--skip-missing", "--out", tmp_path / "run")
     assert ok.exit_code == 0, ok.output
 
 
@@ -121,7 +121,7 @@ def test_mask_of_wrong_size_or_label(data: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "s001.png" in one_error_line(result)
     shutil.copy(data / "masks" / "s001.png", masks / "s001.png")
     Image.fromarray(np.full((40, 40), 9, np.uint8), mode="L").save(masks / "s004.png")
-    result = invoke("retrain", data / "images", masks, *TINY, "--iters", "3", "--batch", "6", "--out", tmp_path / "run2")
+    result = invoke("retrain", data / "images", masks, *TINY, "--iters", "3", "--batch-size", "6", "--out", tmp_path / "run2")
     assert result.exit_code == 2 and "out of range" in one_error_line(result)
 
 

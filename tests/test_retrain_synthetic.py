@@ -34,7 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
         app,
         [str(a) for a in [
             "retrain", train / "images", train / "masks", "--classes", "red,green,blue", "--out", run,
-            "--arch", "deeplabv2-resnet18", "--iters", 100, "--batch", 4, "--crop", 64, "--scales", "0.75,1,1.25",
+            "--arch", "deeplabv2-resnet18", "--iters", 100, "--batch-size", 4, "--crop", 64, "--scales", "0.75,1,1.25",
             "--lr", "2e-3", "--save-every", 50, "--val", val / "images", val / "gt", "--device", "cpu",
         ]],
     )  # fmt: skip

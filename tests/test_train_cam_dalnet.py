@@ -175,8 +175,8 @@ def cli_setup(tmp_path: Path) -> dict[str, Path]:
 
 def _train(cli, s: dict[str, Path], out: Path, *extra: str):  # type: ignore[no-untyped-def]
     return cli("train-cam", "dalnet", s["images"], "--labels", s["labels"], "--classes", ",".join(CLASSES), "--out", out,
-               "--backbone", s["backbone"], "--weights", s["weights"], "--iters", "6", "--batch", "2", "--crop", "32",
-               "--warmup", "2", "--lr", "1e-3", "--save-every", "2", "--device", "cpu", *extra)
+               "--backbone", s["backbone"], "--weights", s["weights"], "--iters", "6", "--batch-size", "2", "--crop", "32",
+               "--warmup-iters", "2", "--lr", "1e-3", "--save-every", "2", "--device", "cpu", *extra)
 
 
 def test_cli_checkpoint_resume_exact_and_predict(cli, cli_setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -216,7 +216,7 @@ def test_cli_clip_backbone_and_errors(cli, cli_setup: dict[str, Path]) -> None: 
     torch.save(random_clip_state(vision_layers=3), weights)
     out = s["tmp"] / "clip-run"
     result = cli("train-cam", "dalnet", s["images"], "--labels", s["labels"], "--classes", ",".join(CLASSES), "--out", out,
-                 "--weights", weights, "--iters", "2", "--batch", "1", "--crop", "32", "--warmup", "1", "--device", "cpu")
+                 "--weights", weights, "--iters", "2", "--batch-size", "1", "--crop", "32", "--warmup-iters", "1", "--device", "cpu")
     assert result.exit_code == 0, result.output
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["model_config"]["arch"] == "clip" and ck["model_config"]["inter_block"] == 1

@@ -192,7 +192,7 @@ def test_tiny_vit_learns_shapes_from_image_labels(shapes: Path, tmp_path: Path) 
 def train_args(root: Path, backbone: Path, out: Path, *extra: str) -> list[str | Path]:
     return [
         "train-cam", "vitpcm", root / "images", "--labels", root / "labels.json", "--classes", "red,green,blue",
-        "--out", out, "--backbone", backbone, "--size", "32", "--batch", "8", "--lstm-hidden", "8",
+        "--out", out, "--backbone", backbone, "--size", "32", "--batch-size", "8", "--lstm-hidden", "8",
         "--predict-size", "32", "--device", "cpu", *extra,
     ]  # fmt: skip
 
@@ -307,7 +307,7 @@ def test_clip_backbone_trains_saves_and_rebuilds(
     result = cli(
         "train-cam", "vitpcm", shapes / "images", "--labels", shapes / "labels.json", "--classes", "red,green,blue",
         "--out", out, "--weights", golden_weights, "--size", "64", "--epochs", "2", "--frozen-epochs", "1",
-        "--batch", "12", "--lstm-hidden", "8", "--predict-size", "64", "--device", "cpu",
+        "--batch-size", "12", "--lstm-hidden", "8", "--predict-size", "64", "--device", "cpu",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     ckpt = read_checkpoint(out / "last.pt")

@@ -10,6 +10,7 @@ import typer
 
 from clipseg_cli.cli.console import console, handle_errors
 from clipseg_cli.cli.conventions import (
+    annotations_option,
     batch_size_option,
     checkpoint_option,
     classes_option,
@@ -155,6 +156,7 @@ def predict(
         " Masks keep only each image's classes (others 255), unlabelled images are skipped; needed by CAM generators.",
         required=False,
     ),
+    annotations: Optional[Path] = annotations_option(required=False),
     out: Path = out_option("Output folder: masks/<rel>.png and predict.json."),
     scales: str = scales_option("0.5,0.75,1", "Test scales whose softmax is averaged."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),
@@ -168,16 +170,16 @@ def predict(
 ) -> None:
     """Segment images with a trained checkpoint; masks are written like the main command's."""
     raise typer.Exit(
-        _run_predict(images, checkpoint, labels, out, scales, flip, crf, device, overwrite, bg_threshold, caa)
+        _run_predict(images, checkpoint, labels, annotations, out, scales, flip, crf, device, overwrite, bg_threshold, caa)
     )
 
 
 @handle_errors
 def _run_predict(
-    images: Path, checkpoint: Path, labels: Optional[Path], out: Path, scales: str, flip: bool, crf: bool,
-    device: str, overwrite: bool, bg_threshold: Optional[float], caa: bool,
+    images: Path, checkpoint: Path, labels: Optional[Path], annotations: Optional[Path], out: Path, scales: str,
+    flip: bool, crf: bool, device: str, overwrite: bool, bg_threshold: Optional[float], caa: bool,
 ) -> int:  # fmt: skip
-    from clipseg_cli.data.labels import read_labels_file
+    from clipseg_cli.refiners.base import read_label_source
     from clipseg_cli.device import resolve_device
     from clipseg_cli.segmentation.predict import InferenceOptions, check_predict_rerun, load_predictor
 
@@ -186,7 +188,7 @@ def _run_predict(
     if bg_threshold is not None and not 0.0 <= bg_threshold <= 1.0:
         raise ConfigError(f"--bg-threshold must be in [0, 1], got {bg_threshold}")
     options = InferenceOptions(scales=parse_scales(scales), flip=flip, bg_threshold=bg_threshold, caa=caa)
-    label_index = read_labels_file(labels) if labels is not None else None
+    label_index = None if labels is None and annotations is None else read_label_source(labels, annotations)
     torch_device = resolve_device(device)
     settings: dict[str, Any] = {
         "command": "predict",
@@ -195,8 +197,8 @@ def _run_predict(
         "scales": list(options.scales),
         "flip": flip,
         "crf": crf,
-        "labels": str(labels) if labels is not None else None,
-        "labels_sha256": file_digest(labels),
+        "labels": str(labels or annotations) if labels or annotations else None,
+        "labels_sha256": file_digest(labels or annotations),
         "bg_threshold": bg_threshold,
         "caa": caa,
         "device": str(torch_device),
