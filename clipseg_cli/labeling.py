@@ -40,6 +40,9 @@ LABEL_DECISIVE: tuple[Decisive, ...] = (
     Decisive("lambda"),
     Decisive("mu"),
     Decisive("crf"),
+    # --crf-backend and --precision change the numbers; every run before they existed had these.
+    Decisive("crf_backend", "pydensecrf"),
+    Decisive("precision", "fp32"),
     Decisive("max_side"),
     Decisive("weights.sha256"),
 )

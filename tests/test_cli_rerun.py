@@ -174,3 +174,18 @@ def test_predict_reruns_with_other_settings_exit_2_before_reading_the_checkpoint
     # --overwrite skips the check (and then reading the checkpoint fails on its own).
     result = cli(*command, tmp_path / "images", "--checkpoint", checkpoint, "--out", out, "--overwrite", "--device", "cpu")
     assert result.exit_code == 2 and "other settings" not in result.output
+
+
+def test_differences_with_defaults_nested_keys_and_json_types() -> None:
+    from clipseg_cli.run_settings import Decisive, describe, differences
+
+    decisive = (Decisive("mu"), Decisive("templates"), Decisive("crf_backend", "pydensecrf"), Decisive("weights.sha256"),
+                Decisive("class_prompts"))  # fmt: skip
+    old = {"mu": 0.95, "templates": ["a {}."], "weights": {"path": "/x.pt", "sha256": "ab" * 32}}  # an older record
+    new = {"mu": 0.95, "templates": ("a {}.",), "crf_backend": "pydensecrf", "weights": {"path": "/y.pt", "sha256": "ab" * 32},
+           "class_prompts": ["cat"]}  # fmt: skip
+    assert differences(old, new, decisive) == []  # tuple == list; the missing backend had the default; no prompts: unknown
+    new = {**new, "crf_backend": "torch", "weights": {"sha256": "cd" * 32}}
+    diffs = differences(old, new, decisive)
+    assert diffs == [("crf_backend", "pydensecrf", "torch"), ("weights.sha256", "ab" * 32, "cd" * 32)]
+    assert describe(diffs) == "crf_backend 'pydensecrf' -> 'torch', weights.sha256 abababababab -> cdcdcdcdcdcd"

@@ -32,12 +32,14 @@ from clipseg_cli.segmentation.deeplab import DeepLabV2, Normalization, build_dee
 PREDICT_FILE = "predict.json"
 # The settings of predict.json that decide the masks of `predict` and `refine predict`: a rerun
 # into the same --out must have the same (see run_settings). Absent from an older predict.json:
-# bg_threshold and caa had their defaults; the rest is not compared.
+# crf_backend, precision, bg_threshold and caa had their defaults; the rest is not compared.
 PREDICT_DECISIVE: tuple[Decisive, ...] = (
     Decisive("checkpoint_sha256"),
     Decisive("scales"),
     Decisive("flip"),
     Decisive("crf"),
+    Decisive("crf_backend", "pydensecrf"),
+    Decisive("precision", "fp32"),
     Decisive("bg_threshold", None),
     Decisive("caa", False),
     Decisive("labels_sha256"),
