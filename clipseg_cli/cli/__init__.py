@@ -12,12 +12,12 @@ from typing import Sequence
 import typer
 
 from clipseg_cli import __version__
-from clipseg_cli.cli.conventions import looks_like_path, make_app, suggest_command
+from clipseg_cli.cli import conventions as cv
 
 COMMAND_MODULES = ("label", "evaluate", "sharpness", "retrain", "report", "refine", "train_cam")
 DEFAULT_COMMAND = "label"
 
-app = make_app(
+app = cv.make_app(
     name="wsss-label",
     help="Pixel pseudo masks from image-level labels with a frozen CLIP (CLIP-ES), no training.\n\n"
     "Run `wsss-label IMAGES --labels LABELS --out OUT` (same as `wsss-label label ...`).",
@@ -55,7 +55,7 @@ def route_default(argv: Sequence[str]) -> list[str]:
     resembles a command (`evl`) is left for the app to answer "no such command, did you mean"."""
     args = list(argv)
     if args and not args[0].startswith("-") and args[0] not in _command_names():
-        if looks_like_path(args[0]) or suggest_command(args[0], sorted(_command_names())) is None:
+        if cv.looks_like_path(args[0]) or cv.suggest_command(args[0], sorted(_command_names())) is None:
             return [DEFAULT_COMMAND, *args]
     return args
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from clipseg_cli.cli.common import emit_report
 from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.cli.conventions import classes_option, command, out_option
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.evaluation.classnames import resolve_class_names
@@ -87,8 +87,8 @@ def _print_report(report: dict[str, Any]) -> None:
 def evaluate(
     pred: Path = typer.Argument(..., help="Predicted masks: a folder of label PNGs (OUT/masks), or with --cams of CAM .npz files (OUT/cams)."),
     gt: Path = typer.Argument(..., help="Ground truth: a folder of VOC-style label PNGs (palette or greyscale; 255 = void)."),
-    classes: str = classes_option(),
-    out: Optional[Path] = out_option("Write the JSON report to this file ('-' for stdout).", default=None, metavar="FILE"),
+    classes: str = cv.classes_option(),
+    out: Optional[Path] = cv.out_option("Write the JSON report to this file ('-' for stdout).", default=None, metavar="FILE"),
     cams: bool = typer.Option(False, "--cams", help="PRED holds CAM .npz files: sweep the background threshold 0.05..0.95."),
     cam_key: Optional[CamKey] = typer.Option(None, "--cam-key", help="With --cams: score the raw 'cam' or the CAA 'refined' maps (default: refined)."),
     pred_ignore: Optional[PredIgnore] = typer.Option(None, "--pred-ignore", help="Predicted 255 pixels: 'exclude' leaves them out of the matrix, 'background' counts them as background (default: exclude)."),
@@ -132,4 +132,4 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "eval", handle_errors(evaluate))
+    cv.command(app, "eval", handle_errors(evaluate))

@@ -8,16 +8,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.cli.conventions import (
-    annotations_option,
-    classes_option,
-    command,
-    device_option,
-    labels_option,
-    out_option,
-    overwrite_option,
-    weights_option,
-)
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.progress import Progress, echo, failure_line
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
@@ -60,11 +51,11 @@ def _check_scale(workers: Optional[int], backend: str, ray_address: Optional[str
 
 def label(
     images: Path = typer.Argument(..., help="Folder of images, searched recursively (.jpg .jpeg .png .bmp .webp .tif .tiff)."),
-    labels: Optional[Path] = labels_option(),
-    annotations: Optional[Path] = annotations_option(),
-    out: Path = out_option("Output folder: masks/, cams/, vis/, run.json."),
-    classes: str = classes_option(),
-    weights: Optional[Path] = weights_option(),
+    labels: Optional[Path] = cv.labels_option(),
+    annotations: Optional[Path] = cv.annotations_option(),
+    out: Path = cv.out_option("Output folder: masks/, cams/, vis/, run.json."),
+    classes: str = cv.classes_option(),
+    weights: Optional[Path] = cv.weights_option(),
     template: list[str] = typer.Option(
         ["a clean origami {}."], "--template", "-t", help="Prompt template with {} for the class name; repeat to average several."
     ),
@@ -77,9 +68,9 @@ def label(
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF (else argmax of [1 - max refined, refined], no 255)."),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also write cams/<rel>.npz (labels, cam, refined, confidence)."),
     visualize: bool = typer.Option(False, "--visualize", help="Also write vis/<rel>.png: image | mask overlay | CAM per label, with a colour key."),
-    device: str = device_option(),
+    device: str = cv.device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Scale larger images down to this long side first (0: never)."),
-    overwrite: bool = overwrite_option(),
+    overwrite: bool = cv.overwrite_option(),
     workers: Optional[int] = typer.Option(
         None, "--workers",
         help="Worker processes that decode images and run the CRF and writing while this process runs the model; "
@@ -242,4 +233,4 @@ def _engine(
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "label", label)
+    cv.command(app, "label", label)

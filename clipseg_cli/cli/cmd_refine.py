@@ -11,28 +11,7 @@ import typer
 from clipseg_cli.cli.cmd_retrain import file_digest, parse_scales, predict_with_progress
 from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
 from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.cli.conventions import (
-    annotations_option,
-    batch_size_option,
-    checkpoint_option,
-    classes_option,
-    command,
-    data_workers_option,
-    deprecated_option,
-    device_option,
-    iters_option,
-    labels_option,
-    make_app,
-    out_option,
-    overwrite_option,
-    resume_option,
-    save_every_option,
-    scales_option,
-    seed_option,
-    warmup_iters_option,
-    warn_deprecated,
-    weights_option,
-)
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.refiners import REFINERS
 from clipseg_cli.errors import EXIT_OK, ConfigError
 
@@ -44,7 +23,7 @@ _DEFINING_OPTIONS = {
     "context": "context", "decoder_dim": "decoder_dim",
 }  # fmt: skip
 
-refine_app = make_app(
+refine_app = cv.make_app(
     name="refine",
     help="Learned refiners: train a network on the seed masks of `wsss-label label`, then predict better masks.",
 )
@@ -73,7 +52,7 @@ def _warmup_fraction(warmup_iters: Optional[int], warmup: Optional[float], iters
     """The warm-up as the fraction of --iters RefineConfig keeps: from --warmup-iters, or the
     deprecated --warmup (a fraction), or the default."""
     if warmup is not None:
-        warn_deprecated("--warmup", f"--warmup-iters N (here {round(warmup * iters)})")
+        cv.warn_deprecated("--warmup", f"--warmup-iters N (here {round(warmup * iters)})")
         if warmup_iters is not None:
             raise ConfigError("give --warmup-iters only (--warmup is its deprecated form)")
         return warmup
@@ -88,27 +67,27 @@ def train(
     seeds: Path = typer.Argument(
         ..., help="Seed masks: SEEDS/<rel>.png, or the OUT of `wsss-label label` (its masks/)."
     ),
-    labels: Optional[Path] = labels_option(" On --resume: default the run's."),
-    annotations: Optional[Path] = annotations_option(),
-    classes: str = classes_option(),
-    out: Path = out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
+    labels: Optional[Path] = cv.labels_option(" On --resume: default the run's."),
+    annotations: Optional[Path] = cv.annotations_option(),
+    classes: str = cv.classes_option(),
+    out: Path = cv.out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
     method: str = typer.Option("weakclip", "--method", metavar="|".join(REFINERS), help="The refiner."),
-    weights: Optional[Path] = weights_option(),
-    iters: int = iters_option(20000),
-    batch: int = batch_size_option(8),
+    weights: Optional[Path] = cv.weights_option(),
+    iters: int = cv.iters_option(20000),
+    batch: int = cv.batch_size_option(8),
     crop: int = typer.Option(512, "--crop", help="Square training crop in pixels (a multiple of 32)."),
-    scales: str = scales_option("0.75,1,1.25,1.5,1.75,2,2.5", "Random rescaling factors, one drawn per image."),
+    scales: str = cv.scales_option("0.75,1,1.25,1.5,1.75,2,2.5", "Random rescaling factors, one drawn per image."),
     lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate (cosine decay to 1% of it)."),
     weight_decay: float = typer.Option(3e-5, "--weight-decay", help="AdamW weight decay."),
-    warmup_iters: Optional[int] = warmup_iters_option(None, " Default: 7.5% of --iters."),
-    warmup: Optional[float] = deprecated_option(None, "--warmup", "--warmup-iters (--warmup was a fraction of --iters)"),
+    warmup_iters: Optional[int] = cv.warmup_iters_option(None, " Default: 7.5% of --iters."),
+    warmup: Optional[float] = cv.deprecated_option(None, "--warmup", "--warmup-iters (--warmup was a fraction of --iters)"),
     context: int = typer.Option(8, "--context", help="Learnable context vectors before each class's tokens."),
     decoder_dim: int = typer.Option(256, "--decoder-dim", help="Channels of the text-guided decoder."),
-    resume: bool = resume_option(),
-    device: str = device_option(),
-    save_every: int = save_every_option(1000),
-    workers: int = data_workers_option(),
-    seed: int = seed_option(),
+    resume: bool = cv.resume_option(),
+    device: str = cv.device_option(),
+    save_every: int = cv.save_every_option(1000),
+    workers: int = cv.data_workers_option(),
+    seed: int = cv.seed_option(),
     skip_missing: bool = typer.Option(
         False, "--skip-missing", help="Train on the labelled images that have a seed mask instead of stopping."
     ),
@@ -206,16 +185,16 @@ def predict(
     images: Path = typer.Argument(
         ..., help="Images to make pseudo masks for (folder, searched recursively, or one file)."
     ),
-    checkpoint: Path = checkpoint_option("RUN/last.pt of `refine train`."),
-    labels: Optional[Path] = labels_option(" Default: the training images' labels saved in the checkpoint.", required=False),
-    annotations: Optional[Path] = annotations_option(required=False),
-    out: Path = out_option("Output folder: masks/<rel>.png and predict.json."),
-    scales: str = scales_option("0.75,1,1.5", "Test scales whose softmax is averaged."),
+    checkpoint: Path = cv.checkpoint_option("RUN/last.pt of `refine train`."),
+    labels: Optional[Path] = cv.labels_option(" Default: the training images' labels saved in the checkpoint.", required=False),
+    annotations: Optional[Path] = cv.annotations_option(required=False),
+    out: Path = cv.out_option("Output folder: masks/<rel>.png and predict.json."),
+    scales: str = cv.scales_option("0.75,1,1.5", "Test scales whose softmax is averaged."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF on the averaged probabilities."),
-    weights: Optional[Path] = weights_option("CLIP checkpoint the refiner was trained on; default: the file recorded in the checkpoint, else as for labelling"),
-    device: str = device_option(),
-    overwrite: bool = overwrite_option(),
+    weights: Optional[Path] = cv.weights_option("CLIP checkpoint the refiner was trained on; default: the file recorded in the checkpoint, else as for labelling"),
+    device: str = cv.device_option(),
+    overwrite: bool = cv.overwrite_option(),
 ) -> None:
     """Pseudo masks from a trained refiner: argmax of the (multi-scale, flipped, CRF-refined) scores; classes an image is not labelled with become 255 (WeakCLIP's eq. 14)."""
     raise typer.Exit(
@@ -293,8 +272,8 @@ def _run_predict(
     )  # fmt: skip
 
 
-command(refine_app, "train", train, no_args_is_help=True)
-command(refine_app, "predict", predict, no_args_is_help=True)
+cv.command(refine_app, "train", train, no_args_is_help=True)
+cv.command(refine_app, "predict", predict, no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,23 +9,7 @@ from typing import Any, Literal, Optional
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.cli.conventions import (
-    annotations_option,
-    batch_size_option,
-    checkpoint_option,
-    classes_option,
-    command,
-    data_workers_option,
-    device_option,
-    iters_option,
-    labels_option,
-    out_option,
-    overwrite_option,
-    resume_option,
-    save_every_option,
-    scales_option,
-    seed_option,
-)
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.progress import Progress, echo, failure_line, loading
 from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
@@ -53,23 +37,23 @@ def retrain(
     ctx: typer.Context,
     images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
     masks: Path = typer.Argument(..., help="Pseudo masks: MASKS/<rel>.png, or the OUT of `wsss-label label` (its masks/)."),
-    classes: str = classes_option(),
-    out: Path = out_option("Run folder: last.pt, best.pt, metrics.jsonl, loss.png, run.json."),
+    classes: str = cv.classes_option(),
+    out: Path = cv.out_option("Run folder: last.pt, best.pt, metrics.jsonl, loss.png, run.json."),
     init: Optional[Path] = typer.Option(None, "--init", metavar="FILE", help="Initial weights: torchvision ResNet .pth, deeplab-pytorch COCO/VOC .pth, or a wsss-label checkpoint. Default: random."),
     arch: Arch = typer.Option("deeplabv2-resnet101", "--arch", help="Network (resnet18: quick runs, tests)."),
-    iters: int = iters_option(20000),
-    batch: int = batch_size_option(10),
+    iters: int = cv.iters_option(20000),
+    batch: int = cv.batch_size_option(10),
     crop: int = typer.Option(321, "--crop", help="Square training crop in pixels."),
-    scales: str = scales_option("0.5,0.75,1,1.25,1.5", "Random rescaling factors, one drawn per image."),
+    scales: str = cv.scales_option("0.5,0.75,1,1.25,1.5", "Random rescaling factors, one drawn per image."),
     lr: float = typer.Option(2e-4, "--lr", help="Base learning rate (2e-4 ImageNet init, 2.5e-5 COCO init); ASPP 10x (bias 20x)."),
     power: float = typer.Option(0.9, "--power", help="Poly decay: lr * (1 - it/iters) ** power."),
     balanced: bool = typer.Option(False, "--balanced", help="Class-balanced cross-entropy (the paper's COCO setting)."),
-    resume: bool = resume_option(),
-    device: str = device_option(),
+    resume: bool = cv.resume_option(),
+    device: str = cv.device_option(),
     val: Optional[tuple[Path, Path]] = typer.Option(None, "--val", metavar="IMAGES GT", help="Validation images and GT masks: mIoU at each checkpoint, best model kept as best.pt."),
-    save_every: int = save_every_option(1000, " Validates too, with --val."),
-    workers: int = data_workers_option(),
-    seed: int = seed_option(),
+    save_every: int = cv.save_every_option(1000, " Validates too, with --val."),
+    workers: int = cv.data_workers_option(),
+    seed: int = cv.seed_option(),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Train on the images that have a mask instead of stopping."),
 ) -> None:
     """Train DeepLabV2 on pseudo masks with the confidence-guided loss (pixels labelled 255 are ignored)."""
@@ -151,18 +135,18 @@ def _run_retrain(
 
 def predict(
     images: Path = typer.Argument(..., help="Images to segment (folder, searched recursively, or one file)."),
-    checkpoint: Path = checkpoint_option("A checkpoint of retrain (RUN/last.pt, RUN/best.pt), refine train or train-cam."),
-    labels: Optional[Path] = labels_option(
+    checkpoint: Path = cv.checkpoint_option("A checkpoint of retrain (RUN/last.pt, RUN/best.pt), refine train or train-cam."),
+    labels: Optional[Path] = cv.labels_option(
         " Masks keep only each image's classes (others 255), unlabelled images are skipped; needed by CAM generators.",
         required=False,
     ),
-    annotations: Optional[Path] = annotations_option(required=False),
-    out: Path = out_option("Output folder: masks/<rel>.png and predict.json."),
-    scales: str = scales_option("0.5,0.75,1", "Test scales whose softmax is averaged."),
+    annotations: Optional[Path] = cv.annotations_option(required=False),
+    out: Path = cv.out_option("Output folder: masks/<rel>.png and predict.json."),
+    scales: str = cv.scales_option("0.5,0.75,1", "Test scales whose softmax is averaged."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF on the averaged probabilities (DeepLab defaults)."),
-    device: str = device_option(),
-    overwrite: bool = overwrite_option(),
+    device: str = cv.device_option(),
+    overwrite: bool = cv.overwrite_option(),
     bg_threshold: Optional[float] = typer.Option(
         None, "--bg-threshold", help="CAM generators (train-cam): background where no class map reaches this (default: the checkpoint's)."
     ),
@@ -261,5 +245,5 @@ def predict_with_progress(
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "retrain", retrain, no_args_is_help=True)
-    command(app, "predict", predict, no_args_is_help=True)
+    cv.command(app, "retrain", retrain, no_args_is_help=True)
+    cv.command(app, "predict", predict, no_args_is_help=True)

@@ -14,15 +14,7 @@ from rich.table import Table
 
 from clipseg_cli.cli.common import emit_report, load_clip_model
 from clipseg_cli.cli.console import console, fail, handle_errors
-from clipseg_cli.cli.conventions import (
-    annotations_option,
-    classes_option,
-    command,
-    device_option,
-    labels_option,
-    out_option,
-    weights_option,
-)
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
@@ -92,22 +84,22 @@ def _print_table(report: dict[str, Any]) -> None:
 
 def sharpness_command(
     images: Path = typer.Argument(..., help="Folder of images, searched recursively (.jpg .jpeg .png .bmp .webp .tif .tiff)."),
-    labels: Optional[Path] = labels_option(),
-    annotations: Optional[Path] = annotations_option(),
-    classes: str = classes_option(),
+    labels: Optional[Path] = cv.labels_option(),
+    annotations: Optional[Path] = cv.annotations_option(),
+    classes: str = cv.classes_option(),
     templates: str = typer.Option(
         "imagenet80", "--templates", metavar="imagenet80|FILE", help="imagenet80 (CLIP's 80 ImageNet templates) or a file with one template per line, each with {}."
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use a random sample of N labelled images (see --seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit sample."),
-    out: Optional[Path] = out_option("Write the JSON report to this file ('-' for stdout).", default=None, metavar="FILE"),
+    out: Optional[Path] = cv.out_option("Write the JSON report to this file ('-' for stdout).", default=None, metavar="FILE"),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Write a PNG bar chart of the ranking here."),
     gt: Optional[Path] = typer.Option(
         None, "--gt", metavar="DIR", help="Folder of GT label PNGs: also run the full pipeline per template and report mIoU and its rank correlation."
     ),
     crf: Optional[bool] = typer.Option(None, "--crf/--no-crf", help="With --gt: dense CRF in the pipeline (default: on)."),
-    weights: Optional[Path] = weights_option(),
-    device: str = device_option(),
+    weights: Optional[Path] = cv.weights_option(),
+    device: str = cv.device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Scale larger images down to this long side first, as labelling does (0: never)."),
 ) -> None:
     """Rank prompt templates by sharpness (CLIP-ES): no masks needed, only image-level labels."""
@@ -267,4 +259,4 @@ def _report(
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "sharpness", sharpness_command)
+    cv.command(app, "sharpness", sharpness_command)

@@ -9,22 +9,7 @@ from typing import Literal
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.cli.conventions import (
-    annotations_option,
-    batch_size_option,
-    classes_option,
-    command,
-    data_workers_option,
-    device_option,
-    iters_option,
-    labels_option,
-    out_option,
-    resume_option,
-    save_every_option,
-    scales_option,
-    seed_option,
-    weights_option,
-)
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.errors import EXIT_OK, ConfigError
 
 Arch = Literal["resnet50", "resnet101", "resnet34", "resnet18"]  # cam_generators.clims.ARCHS
@@ -40,17 +25,17 @@ _DEFINING = {
 def train(
     ctx: typer.Context,
     images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
-    labels: Path | None = labels_option(" On --resume: default the run's."),
-    annotations: Path | None = annotations_option(),
-    classes: str = classes_option(),
-    out: Path = out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
+    labels: Path | None = cv.labels_option(" On --resume: default the run's."),
+    annotations: Path | None = cv.annotations_option(),
+    classes: str = cv.classes_option(),
+    out: Path = cv.out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
     arch: Arch = typer.Option("resnet50", "--arch", help="CAM backbone (resnet50: the paper's)."),
     init: Path | None = typer.Option(None, "--init", metavar="FILE", help="Backbone init: a torchvision-layout ResNet file (e.g. resnet50-*.pth); default random."),
-    weights: Path | None = weights_option(),
-    iters: int = iters_option(6615, " Default: 10 epochs of VOC train_aug at batch size 16."),
-    batch: int = batch_size_option(16),
+    weights: Path | None = cv.weights_option(),
+    iters: int = cv.iters_option(6615, " Default: 10 epochs of VOC train_aug at batch size 16."),
+    batch: int = cv.batch_size_option(16),
     crop: int = typer.Option(512, "--crop", help="Square training crop in pixels."),
-    scales: str = scales_option("0.7,0.85,1,1.15,1.3", "Random rescaling factors, one drawn per image."),
+    scales: str = cv.scales_option("0.7,0.85,1,1.15,1.3", "Random rescaling factors, one drawn per image."),
     lr: float = typer.Option(2.5e-4, "--lr", help="SGD learning rate (1x1 head at 10x), cosine annealing to 0."),
     alpha: float = typer.Option(10.0, "--alpha", help="Weight of L_OTM (eq. 6)."),
     beta: float = typer.Option(25.0, "--beta", help="Weight of L_BTM (eq. 8)."),
@@ -59,11 +44,11 @@ def train(
     reduction: Reduction = typer.Option("mean", "--reduction", help="mean: over positive (image, class) pairs, as the authors' code; sum: eqs. 6/8/10 literally, per image."),
     clip_size: int = typer.Option(0, "--clip-size", help="Side CLIP sees the masked images at (0: the checkpoint's, 224)."),
     bg_threshold: float = typer.Option(0.15, "--bg-threshold", help="Background score against max-normalised CAMs, used by predict."),
-    resume: bool = resume_option(),
-    device: str = device_option(),
-    save_every: int = save_every_option(500),
-    workers: int = data_workers_option(),
-    seed: int = seed_option(),
+    resume: bool = cv.resume_option(),
+    device: str = cv.device_option(),
+    save_every: int = cv.save_every_option(500),
+    workers: int = cv.data_workers_option(),
+    seed: int = cv.seed_option(),
 ) -> None:
     """CLIMS (CVPR 2022): train a ResNet CAM network (sigmoid maps, no pooling) with a frozen CLIP as text-driven evaluator (OTM, BTM, CBS, REG losses); predict its masks with `wsss-label predict --checkpoint RUN/last.pt --labels LABELS`."""
     explicit = [n for n in _DEFINING if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
@@ -140,4 +125,4 @@ def _run(images: Path, labels: Path | None, annotations: Path | None, classes: s
 
 
 def register(group: typer.Typer) -> None:
-    command(group, "clims", train, no_args_is_help=True)
+    cv.command(group, "clims", train, no_args_is_help=True)

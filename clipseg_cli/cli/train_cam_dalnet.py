@@ -8,48 +8,34 @@ from typing import Optional
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.cli.conventions import (
-    annotations_option,
-    batch_size_option,
-    classes_option,
-    command,
-    command_class,
-    device_option,
-    iters_option,
-    labels_option,
-    out_option,
-    save_every_option,
-    seed_option,
-    warmup_iters_option,
-    weights_option,
-)
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.errors import EXIT_OK, ConfigError
 
 
 
 def register(group: typer.Typer) -> None:
-    command(group, "dalnet", dalnet, cls=command_class(warmup="--warmup-iters"), no_args_is_help=True)
+    cv.command(group, "dalnet", dalnet, cls=cv.command_class(warmup="--warmup-iters"), no_args_is_help=True)
 
 
 def dalnet(
     images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
-    labels: Optional[Path] = labels_option(),
-    annotations: Optional[Path] = annotations_option(),
-    classes: str = classes_option(),
-    out: Path = out_option("Run folder: last.pt, metrics.jsonl, run.json."),
+    labels: Optional[Path] = cv.labels_option(),
+    annotations: Optional[Path] = cv.annotations_option(),
+    classes: str = cv.classes_option(),
+    out: Path = cv.out_option("Run folder: last.pt, metrics.jsonl, run.json."),
     backbone: str = typer.Option("clip", "--backbone", metavar="clip|FILE", help="clip: our CLIP's image tower, fine-tuned; FILE: a timm ViT-B/16 state dict."),
-    weights: Optional[Path] = weights_option("CLIP checkpoint for the frozen text encoder (and --backbone clip)"),
-    iters: int = iters_option(20000),
-    batch: int = batch_size_option(4),
+    weights: Optional[Path] = cv.weights_option("CLIP checkpoint for the frozen text encoder (and --backbone clip)"),
+    iters: int = cv.iters_option(20000),
+    batch: int = cv.batch_size_option(4),
     lr: float = typer.Option(6e-5, "--lr", help="AdamW peak learning rate (after warm-up; poly 0.9 decay)."),
-    warmup: int = warmup_iters_option(1500, " Starts at 1e-6 x --lr."),
+    warmup: int = cv.warmup_iters_option(1500, " Starts at 1e-6 x --lr."),
     crop: int = typer.Option(448, "--crop", help="Square training crop (a multiple of the patch size)."),
     inter_block: int = typer.Option(0, "--inter-block", help="Block (1-based) of the intermediate CAM; 0: 10 on ViT-B (depth - 2)."),
     beta: float = typer.Option(0.5, "--beta", help="Background threshold of the object-aware mask."),
-    save_every: int = save_every_option(1000),
-    seed: int = seed_option("Seed of initialisation, sampling and augmentation."),
+    save_every: int = cv.save_every_option(1000),
+    seed: int = cv.seed_option("Seed of initialisation, sampling and augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt exactly (its settings are kept)."),
-    device: str = device_option(),
+    device: str = cv.device_option(),
     seg_head: bool = typer.Option(False, "--seg-head", help="The single-stage segmentation head (not implemented yet)."),
 ) -> None:
     """Train DALNet's CAMs: ViT + frozen CLIP text, global implicit and local explicit alignment, ToCo patch contrast."""

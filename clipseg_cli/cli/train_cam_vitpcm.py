@@ -10,21 +10,7 @@ from typing import Optional
 import typer
 
 from clipseg_cli.cli.console import console, fail, handle_errors
-from clipseg_cli.cli.conventions import (
-    annotations_option,
-    batch_size_option,
-    classes_option,
-    command,
-    data_workers_option,
-    device_option,
-    iters_option,
-    labels_option,
-    out_option,
-    resume_option,
-    save_every_option,
-    seed_option,
-    weights_option,
-)
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.errors import EXIT_OK, EXIT_USAGE, ConfigError
 
 # option name -> VitPcmConfig field, for the settings --resume keeps from the run.
@@ -36,24 +22,24 @@ _DEFINING_OPTIONS = {
 
 
 def register(group: typer.Typer) -> None:
-    command(group, "vitpcm", vitpcm, no_args_is_help=True)
+    cv.command(group, "vitpcm", vitpcm, no_args_is_help=True)
 
 
 def vitpcm(
     ctx: typer.Context,
     images: Path = typer.Argument(..., help="Training images (folder, searched recursively)."),
-    labels: Path | None = labels_option(" On --resume: default the run's."),
-    annotations: Path | None = annotations_option(),
-    classes: str = classes_option(),
-    out: Path = out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
+    labels: Path | None = cv.labels_option(" On --resume: default the run's."),
+    annotations: Path | None = cv.annotations_option(),
+    classes: str = cv.classes_option(),
+    out: Path = cv.out_option("Run folder: last.pt, metrics.jsonl, loss.png, run.json."),
     backbone: str = typer.Option(
         "clip", "--backbone", metavar="clip|FILE", help="clip: our CLIP's image tower; FILE: a timm-layout ImageNet ViT state dict."
     ),
-    weights: Path | None = weights_option("CLIP checkpoint for --backbone clip"),
+    weights: Path | None = cv.weights_option("CLIP checkpoint for --backbone clip"),
     size: int = typer.Option(384, "--size", help="Training images are resized to SIZE x SIZE (a multiple of twice the patch size)."),
     epochs: int = typer.Option(10, "--epochs", help="Training length in passes over the labelled images (this method's unit)."),
-    iters: Optional[int] = iters_option(None, " Instead of --epochs, for the same unit as the other training commands."),
-    batch: int = batch_size_option(8, " The mosaic branch groups them by 4."),
+    iters: Optional[int] = cv.iters_option(None, " Instead of --epochs, for the same unit as the other training commands."),
+    batch: int = cv.batch_size_option(8, " The mosaic branch groups them by 4."),
     frozen_epochs: int = typer.Option(2, "--frozen-epochs", help="First epochs with the backbone frozen, at --lr."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate while the backbone is frozen."),
     lr_finetune: float = typer.Option(1e-4, "--lr-finetune", help="Adam learning rate once the last blocks train."),
@@ -62,11 +48,11 @@ def vitpcm(
     l2: float = typer.Option(0.1, "--l2", help="L2 regularisation of the patch classifier's weights."),
     et_weight: float = typer.Option(1.0, "--et-weight", help="Weight of the equivariance loss (0: no second branch)."),
     predict_size: int = typer.Option(960, "--predict-size", help="Side images are scaled to by predict (960: a 60x60 grid at /16)."),
-    resume: bool = resume_option(),
-    device: str = device_option(),
-    save_every: int = save_every_option(500),
-    workers: int = data_workers_option(),
-    seed: int = seed_option(),
+    resume: bool = cv.resume_option(),
+    device: str = cv.device_option(),
+    save_every: int = cv.save_every_option(500),
+    workers: int = cv.data_workers_option(),
+    seed: int = cv.seed_option(),
 ) -> None:
     """Train ViT-PCM (ECCV 2022) from image-level labels: ViT patch tokens -> HV-BiLSTM -> per-patch softmax over background + classes, global max pooling, multi-label BCE, equivariance to affine transforms and 2x2 mosaics. Masks: `wsss-label predict IMAGES --checkpoint RUN/last.pt`."""
     explicit = [
