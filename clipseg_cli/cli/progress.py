@@ -141,6 +141,7 @@ class Task:
         **fields: str,
     ) -> None:
         state = self.state
+        starting = total is not None and not state.total
         with self._progress.lock:
             if total is not None:
                 state.total = total
@@ -151,7 +152,7 @@ class Task:
             if rate is not None:
                 state.rate = rate
             state.fields.update({k: str(v) for k, v in fields.items()})
-        self._progress._changed(self)
+        self._progress._changed(self, starting)
 
     def finish(self) -> None:
         """The task is over: its last line (plain mode) is printed now."""
@@ -265,7 +266,9 @@ class Progress:
         with self.lock:
             self.console.print(Text(line), soft_wrap=True, highlight=False)
 
-    def _changed(self, task: Task) -> None:
+    def _changed(self, task: Task, starting: bool = False) -> None:
+        if self.plain and starting:  # the total just became known: the task's first line
+            self._print(task.state.line())
         if self._rich is not None and task._rich_id is not None:
             state = task.state
             self._rich.update(task._rich_id, total=state.total, completed=state.completed)
