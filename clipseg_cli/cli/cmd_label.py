@@ -148,7 +148,7 @@ def _run(
         templates=tuple(template), synonyms=synonyms, lam=lam, mu=mu, crf=crf, max_side=max_side or None  # type: ignore[arg-type]
     )
     predictor = None
-    if backend == "local":
+    if backend == "local" and plan.todo:  # nothing left to do: no model to load
         predictor = CLIPESPredictor(load_resolved_clip(resolved, torch_device), class_set, settings)
     job = LabelJob(
         images_root=images,
@@ -208,6 +208,8 @@ def _engine(
     weights: Path, class_set: ClassSet, settings: CLIPESSettings, device: str,
 ) -> tuple[Optional[Engine], str]:  # fmt: skip
     """The engine that does the images (None: serial, in this process) and the progress bar's text."""
+    if not plan.todo:
+        return None, "labelling"
     if backend == "ray":
         from clipseg_cli.scale.ray_backend import ShardSpec, ray_engine
 
