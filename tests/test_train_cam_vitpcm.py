@@ -329,3 +329,14 @@ def test_clip_backbone_trains_saves_and_rebuilds(
     assert torch.equal(ckpt["model"]["backbone." + key], first[key])
     last = f"transformer.resblocks.{desc['depth'] - 1}.mlp.c_fc.weight"
     assert not torch.equal(ckpt["model"]["backbone." + last], first[last])
+
+
+def test_iters_sets_the_length_instead_of_epochs(shapes: Path, tmp_path: Path) -> None:
+    """--iters (the other training commands' unit) overrides --epochs x iterations per epoch."""
+    labels = read_labels_file(shapes / "labels.json")
+    common = dict(images=shapes / "images", out=tmp_path / "run", class_names=NAMES, size=32, batch=8, epochs=20,
+                  frozen_epochs=2, lstm_hidden=8, predict_size=32)  # fmt: skip
+    by_epochs = VitPcmTrainer(VitPcmConfig(**common), torch.device("cpu"), labels, backbone=small_vit())
+    by_iters = VitPcmTrainer(VitPcmConfig(**common, iters=7), torch.device("cpu"), labels, backbone=small_vit())
+    assert by_epochs.iters == 20 * by_epochs.iters_per_epoch and by_epochs.iters_per_epoch > 1
+    assert by_iters.iters == 7 and by_iters.frozen_iters == by_epochs.frozen_iters
