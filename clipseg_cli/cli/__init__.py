@@ -20,7 +20,8 @@ DEFAULT_COMMAND = "label"
 app = cv.make_app(
     name="wsss-label",
     help="Pixel pseudo masks from image-level labels with a frozen CLIP (CLIP-ES), no training.\n\n"
-    "Run `wsss-label IMAGES --labels LABELS --out OUT` (same as `wsss-label label ...`).",
+    "Run `wsss-label IMAGES --labels LABELS --out OUT` (same as `wsss-label label ...`).\n\n"
+    "When stderr is not a terminal, progress is a plain line every $WSSS_LABEL_PROGRESS_SECONDS (default 10) seconds.",
 )
 
 
