@@ -40,6 +40,8 @@ class CLIPESSettings:
     max_side: int | None = 1024
     gradcam: Literal["fused", "autograd"] = "fused"  # same numbers; autograd is the slow reference
     crf_params: CRFParams = field(default_factory=CRFParams)
+    crf_backend: str = "pydensecrf"  # or "torch" (postprocess.crf.resolve_crf_backend)
+    crf_device: str = "cpu"  # where the torch backend runs
 
 
 @dataclass
@@ -167,5 +169,5 @@ def mask_from_refined(
     if not settings.crf:
         mask, _ = label_map(probs, keys)
         return mask, None
-    q = dense_crf(image, probs, settings.crf_params)
+    q = dense_crf(image, probs, settings.crf_params, settings.crf_backend, settings.crf_device)
     return label_map(q, keys, settings.mu)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 BACKENDS = ("local", "ray")
 Backend = Literal["local", "ray"]
 Synonyms = Literal["sentence", "feature", "cam"]  # cam.pipeline.SYNONYM_MODES
+CrfBackend = Literal["auto", "pydensecrf", "torch"]  # postprocess.crf.CRF_BACKEND_CHOICES
 
 
 def _check_settings(templates: list[str], lam: float, mu: float, max_side: int, synonyms: str) -> None:
@@ -66,6 +67,9 @@ def label(
     mu: float = typer.Option(0.95, "--mu", help="CRF confidence below which a pixel becomes 255 (ignored)."),
     synonyms: Synonyms = typer.Option("sentence", "--synonyms", help="Level at which a class's synonyms are fused."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF (else argmax of [1 - max refined, refined], no 255)."),
+    crf_backend: CrfBackend = typer.Option(
+        "auto", "--crf-backend", help="The CRF's code: pydensecrf (CPU) or the same CRF in torch on the model's device; auto: torch when the model runs on CUDA."
+    ),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also write cams/<rel>.npz (labels, cam, refined, confidence)."),
     visualize: bool = typer.Option(False, "--visualize", help="Also write vis/<rel>.png: image | mask overlay | CAM per label, with a colour key."),
     device: str = cv.device_option(),
@@ -87,6 +91,7 @@ def label(
         _run(
             images, labels, annotations, out, classes, weights, template, background, lam, mu,
             synonyms, crf, save_cams, visualize, device, max_side, overwrite, workers, backend, ray_address, report,
+            crf_backend,
         )
     )
 
@@ -97,6 +102,7 @@ def _run(
     weights: Optional[Path], template: list[str], background: Optional[str], lam: Optional[float], mu: float,
     synonyms: str, crf: bool, save_cams: bool, visualize: bool, device: str, max_side: int, overwrite: bool,
     workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None, report: bool = False,
+    crf_backend: str = "auto",
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
     from clipseg_cli.cli.common import load_resolved_clip, resolve_clip_weights
@@ -104,6 +110,7 @@ def _run(
     from clipseg_cli.data.labels import read_labels_file, read_voc_annotations
     from clipseg_cli.device import resolve_device
     from clipseg_cli.labeling import LabelJob, OutputLayout, check_rerun, make_plan
+    from clipseg_cli.postprocess.crf import resolve_crf_backend
 
     if not images.is_dir():
         raise ConfigError(f"image folder not found: {images}")
@@ -123,6 +130,7 @@ def _run(
     plan = make_plan(images, index, class_set, layout, overwrite, need_cams=save_cams)
     # On Ray each task resolves --device on its own node; here the weights are only checked.
     torch_device = resolve_device(device) if backend == "local" else resolve_device("cpu")
+    crf_backend, crf_device = resolve_crf_backend(crf_backend, str(torch_device))
     resolved = resolve_clip_weights(weights)
     run_settings = {
         "images": str(images),
@@ -139,13 +147,16 @@ def _run(
         "lambda": lam,
         "mu": mu,
         "crf": crf,
+        "crf_backend": crf_backend,
+        "crf_device": crf_device,
         "max_side": max_side,
         "device": str(torch_device) if backend == "local" else device,
         "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
     }
     relabelled = check_rerun(layout, plan, run_settings)  # before the model: a conflict costs nothing
     settings = CLIPESSettings(
-        templates=tuple(template), synonyms=synonyms, lam=lam, mu=mu, crf=crf, max_side=max_side or None  # type: ignore[arg-type]
+        templates=tuple(template), synonyms=synonyms, lam=lam, mu=mu, crf=crf, max_side=max_side or None,  # type: ignore[arg-type]
+        crf_backend=crf_backend, crf_device=crf_device,
     )
     predictor = None
     if backend == "local" and plan.todo:  # nothing left to do: no model to load

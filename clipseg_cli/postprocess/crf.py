@@ -1,10 +1,13 @@
-"""Fully connected CRF (Kraehenbuehl & Koltun) through pydensecrf, with CLIP-ES's settings."""
+"""Fully connected CRF (Kraehenbuehl & Koltun) with CLIP-ES's settings, on one of two backends:
+pydensecrf (the C++ densecrf library, CPU) or the same model in torch (``crf_torch``, any device)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from clipseg_cli.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -19,11 +22,41 @@ class CRFParams:
     bilateral_compat: float = 4.0
 
 
-def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
+CRF_BACKENDS = ("pydensecrf", "torch")
+CRF_BACKEND_CHOICES = ("auto", *CRF_BACKENDS)
+
+
+def resolve_crf_backend(choice: str, model_device: str) -> tuple[str, str]:
+    """``--crf-backend auto|pydensecrf|torch`` -> (backend, the device the CRF runs on).
+
+    auto: torch on the model's GPU when the model runs on CUDA, else pydensecrf. torch: on the
+    model's device. pydensecrf: always the CPU.
+    """
+    choice = choice.lower()
+    if choice not in CRF_BACKEND_CHOICES:
+        raise ConfigError(f"unknown --crf-backend {choice!r}; choose one of {', '.join(CRF_BACKEND_CHOICES)}")
+    on_cuda = str(model_device).startswith("cuda")
+    if choice == "torch" or (choice == "auto" and on_cuda):
+        return "torch", str(model_device)
+    return "pydensecrf", "cpu"
+
+
+def dense_crf(
+    image: np.ndarray,
+    probs: np.ndarray,
+    params: CRFParams = CRFParams(),
+    backend: str = "pydensecrf",
+    device: str = "cpu",
+) -> np.ndarray:
     """Mean-field inference; ``image`` (H, W, 3) uint8 RGB, ``probs`` (C, H, W) -> Q (C, H, W) float32.
 
     ``probs`` are used as given (not renormalised): unary = -log(clip(p, 1e-5, 1)).
+    ``backend``: "pydensecrf" (CPU) or "torch" (``crf_torch.dense_crf_torch`` on ``device``).
     """
+    if backend == "torch":
+        return _dense_crf_torch(image, probs, params, device)
+    if backend != "pydensecrf":
+        raise ValueError(f"unknown CRF backend {backend!r}; choose one of {', '.join(CRF_BACKENDS)}")
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -42,3 +75,13 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParam
     )
     q = crf.inference(params.iterations)
     return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
+
+
+def _dense_crf_torch(image: np.ndarray, probs: np.ndarray, params: CRFParams, device: str) -> np.ndarray:
+    import torch
+
+    from clipseg_cli.postprocess.crf_torch import dense_crf_torch
+
+    image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).to(device)
+    probs_t = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)).to(device)
+    return dense_crf_torch(image_t, probs_t, params).cpu().numpy()
