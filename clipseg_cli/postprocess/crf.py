@@ -82,6 +82,6 @@ def _dense_crf_torch(image: np.ndarray, probs: np.ndarray, params: CRFParams, de
 
     from clipseg_cli.postprocess.crf_torch import dense_crf_torch
 
-    image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).to(device)
-    probs_t = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)).to(device)
+    image_t = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).to(device)  # W: no read-only warning
+    probs_t = torch.from_numpy(np.require(probs, np.float32, ["C", "W"])).to(device)
     return dense_crf_torch(image_t, probs_t, params).cpu().numpy()
