@@ -109,11 +109,16 @@ def _simplices(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     rem0 = v * float(d + 1)
     total = v.sum(dim=1, keepdim=True).to(torch.int64)
 
-    # rank[i] = #{j > i: diff_i < diff_j} + #{j < i: not diff_j < diff_i}, diff = elevated - rem0.
+    # rank[i] = #{j > i: diff_i < diff_j} + #{j < i: not diff_j < diff_i}, diff = elevated - rem0
+    # (densecrf's pairwise comparisons, so ties rank as there).
     diff = elevated_t - rem0
-    less = diff[:, :, None] < diff[:, None, :]  # less[n, i, j] = diff_i < diff_j
-    upper = torch.triu(torch.ones(d + 1, d + 1, dtype=torch.bool, device=device), diagonal=1)
-    rank = (less & upper).sum(dim=2) + (~less & upper).sum(dim=1)
+    counts = [torch.zeros(n, dtype=torch.int64, device=device) for _ in range(d + 1)]
+    for i in range(d):
+        for j in range(i + 1, d + 1):
+            less = diff[:, i] < diff[:, j]
+            counts[i] += less
+            counts[j] += ~less
+    rank = torch.stack(counts, dim=1)
     # Bring the point back onto the plane: rank += sum, wrapped into 0..d (rem0 moves with it).
     rank = rank + total
     shift = torch.where(rank < 0, d + 1, 0) - torch.where(rank > d, d + 1, 0)
