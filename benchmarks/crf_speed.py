@@ -54,7 +54,8 @@ def crf_probs(refined: np.ndarray) -> np.ndarray:
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> float:  # noqa: ANN001
-    """Median seconds of ``repeats`` calls after one warm-up call."""
+    """Best (least) seconds of ``repeats`` calls after one warm-up call: on a shared machine the
+    least disturbed call is the closest to what the code costs."""
     fn()
     sync()
     times = []
@@ -63,7 +64,7 @@ def timed(fn, repeats: int, sync=lambda: None) -> float:  # noqa: ANN001
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return min(times)
 
 
 def speed(repeats: int, cuda: bool) -> None:
@@ -90,7 +91,7 @@ def speed(repeats: int, cuda: bool) -> None:
             columns["torch, CUDA"].setdefault(n_labels, []).append(seconds)
         batch_seconds = timed(lambda: dense_crf_torch_batch([g[1] for g in gpu], [g[2] for g in gpu]), repeats, sync)
         columns[f"torch, CUDA, batch of {len(gpu)}"] = {n: [batch_seconds / len(gpu)] for n in (2, 3, 4)}
-    print(f"\nseconds per {SIZE[0]}x{SIZE[1]} image (median of {repeats} after a warm-up, mean over {len(EXAMPLES)} photos)")
+    print(f"\nseconds per {SIZE[0]}x{SIZE[1]} image (best of {repeats} after a warm-up, mean over {len(EXAMPLES)} photos)")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}"
           + (f", {torch.cuda.get_device_name()}" if cuda else ""))  # fmt: skip
     print("labels  " + "".join(f"{name:>26}" for name in columns))
@@ -122,7 +123,7 @@ def agreement() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=1, help="timed calls per image (the median is kept)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed calls per image (the least is kept)")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
