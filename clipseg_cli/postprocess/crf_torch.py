@@ -68,7 +68,8 @@ class PermutohedralLattice:
         return table
 
     def slice(self, table: torch.Tensor) -> torch.Tensor:
-        """(C, M + 1) vertex values -> (C, N) point values, times densecrf's alpha."""
+        """(C, M + 1) vertex values -> (C, N) point values, times densecrf's alpha (kept for the
+        raw filter; in the CRF any constant factor of the filter cancels in the normalisation)."""
         alpha = 1.0 / (1.0 + 2.0 ** (-self.dim))
         out = self.weights[0] * table.index_select(1, self.offsets[0])
         for remainder in range(1, self.dim + 1):
@@ -95,7 +96,7 @@ def _simplices(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     device = features.device
     cf = features * _scale_factors(d, device)  # (N, d)
     # Elevate: elevated[j] = sum_{k >= j} cf[k] - j * cf[j - 1], summed from the top as densecrf does.
-    elevated = [features.new_zeros(n) for _ in range(d + 1)]
+    elevated: list[torch.Tensor] = [features.new_zeros(n)] * (d + 1)
     sm = features.new_zeros(n)
     for j in range(d, 0, -1):
         elevated[j] = sm - float(j) * cf[:, j - 1]
