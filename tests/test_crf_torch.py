@@ -239,5 +239,5 @@ def test_cli_records_the_crf_backend_and_rejects_a_bad_one(cli, golden_weights: 
     assert masks[0] == masks[1] == masks[2]
     bad = cli(images, *common, "--out", tmp_path / "bad", "--crf-backend", "gpu")
     assert bad.exit_code == 2
-    assert bad.output.strip().splitlines()[-1].startswith("error: unknown --crf-backend 'gpu'")
+    assert bad.output.strip().splitlines()[-1].startswith("error: invalid value for '--crf-backend': 'gpu'")
     assert not (tmp_path / "bad").exists()
