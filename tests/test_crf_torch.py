@@ -237,6 +237,8 @@ def test_cli_records_the_crf_backend_and_rejects_a_bad_one(cli, golden_weights: 
     assert [settings[b]["crf_backend"] for b in out] == ["torch", "pydensecrf", "pydensecrf"]
     masks = [(f / "masks" / "a.png").read_bytes() for f in out.values()]
     assert masks[0] == masks[1] == masks[2]
+    other = cli(images, *common, "--out", out["torch"], "--crf-backend", "pydensecrf")  # a rerun, other backend
+    assert other.exit_code == 2 and "crf_backend 'torch' -> 'pydensecrf'" in other.output
     bad = cli(images, *common, "--out", tmp_path / "bad", "--crf-backend", "gpu")
     assert bad.exit_code == 2
     assert bad.output.strip().splitlines()[-1].startswith("error: invalid value for '--crf-backend': 'gpu'")
