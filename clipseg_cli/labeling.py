@@ -18,6 +18,7 @@ import numpy as np
 
 from clipseg_cli.cam.pipeline import CLIPESPredictor, LabelResult
 from clipseg_cli.data.classes import ClassSet
+from clipseg_cli.data.image_list import image_stem
 from clipseg_cli.data.images import IMAGE_EXTENSIONS, find_images, load_rgb
 from clipseg_cli.data.labels import LabelIndex
 from clipseg_cli.errors import ConfigError, ImageError
@@ -45,6 +46,8 @@ LABEL_DECISIVE: tuple[Decisive, ...] = (
     Decisive("precision", "fp32"),
     Decisive("max_side"),
     Decisive("weights.sha256"),
+    # Recorded only by --labels auto runs: compared when both runs chose their labels.
+    Decisive("label_threshold"),
 )
 
 
@@ -106,10 +109,19 @@ def make_plan(
     layout: OutputLayout,
     overwrite: bool,
     need_cams: bool,
+    only: Sequence[str] | None = None,
 ) -> Plan:
-    """Pair images with labels. Unknown class names are a ConfigError (nothing is done)."""
+    """Pair images with labels. Unknown class names are a ConfigError (nothing is done).
+
+    ``only`` (``--list``): the stems (relative paths without image extension) of the images to
+    do; the folder's other images, and labels of unlisted images, are left alone, and a listed
+    image that is not in the folder is a failure.
+    """
     plan = Plan(fresh=overwrite)
     found = find_images(images_root, exclude=layout.root)
+    listed = None if only is None else set(only)
+    if listed is not None:
+        found = [rel for rel in found if image_stem(rel) in listed]
     used_keys: set[str] = set()
     outputs: dict[str, str] = {}
     for rel in found:
@@ -130,7 +142,7 @@ def make_plan(
         finished = layout.mask(item).is_file() and (not need_cams or layout.cams(item).is_file())
         (plan.done if finished and not overwrite else plan.todo).append(item)
     for key, names in labels.labels.items():
-        if key in used_keys:
+        if key in used_keys or (listed is not None and image_stem(key) not in listed):
             continue
         resolve_labels(names, class_set, key)
         path = images_root / key
@@ -139,6 +151,10 @@ def make_plan(
         else:
             reason = "listed in labels but the file is missing"
         plan.failed.append({"image": key, "reason": reason})
+    if listed is not None:
+        present = {image_stem(rel) for rel in found} | {image_stem(e["image"]) for e in plan.failed}
+        missing = [stem for stem in only or () if stem not in present]
+        plan.failed += [{"image": stem, "reason": "in --list but no such image in the folder"} for stem in missing]
     return plan
 
 

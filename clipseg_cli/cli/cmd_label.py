@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Callable, Literal, Optional
 
 import typer
 
 from clipseg_cli.cli.console import console, handle_errors
 from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.progress import Progress, echo, failure_line
+from clipseg_cli.auto_labels import DEFAULT_LABEL_THRESHOLD
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
 if TYPE_CHECKING:
-    from clipseg_cli.cam.pipeline import CLIPESSettings
+    from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
     from clipseg_cli.data.classes import ClassSet
-    from clipseg_cli.labeling import Engine, LabelJob, Outcome, Plan
+    from clipseg_cli.data.labels import LabelIndex
+    from clipseg_cli.labeling import Engine, LabelJob, OutputLayout, Outcome, Plan
 
+AUTO = "auto"  # --labels auto
 BACKENDS = ("local", "ray")
 Backend = Literal["local", "ray"]
 Synonyms = Literal["sentence", "feature", "cam"]  # cam.pipeline.SYNONYM_MODES
@@ -52,7 +55,10 @@ def _check_scale(workers: Optional[int], backend: str, ray_address: Optional[str
 
 def label(
     images: Path = typer.Argument(..., help="Folder of images, searched recursively (.jpg .jpeg .png .bmp .webp .tif .tiff)."),
-    labels: Optional[Path] = cv.labels_option(),
+    labels: Optional[str] = cv.labels_option(
+        extra=' Or "auto": CLIP chooses each image\'s labels (written to OUT/labels.auto.json; see --label-threshold).',
+        metavar="FILE|auto",
+    ),
     annotations: Optional[Path] = cv.annotations_option(),
     out: Path = cv.out_option("Output folder: masks/, cams/, vis/, run.json."),
     classes: str = cv.classes_option(),
@@ -85,6 +91,15 @@ def label(
         None, "--ray-address", metavar="ADDRESS", help="With --backend ray: the cluster to join (e.g. auto, HOST:6379); default $RAY_ADDRESS, else a local Ray."
     ),
     report: bool = typer.Option(False, "--report", help="At the end, build OUT/report/index.html (as `wsss-label report OUT`)."),
+    label_threshold: Optional[float] = typer.Option(
+        None, "--label-threshold",
+        help=f"With --labels auto: keep the classes whose CLIP score (softmax over classes and background words) is above this; "
+        f"the top class is kept unless a background word beats it (default {DEFAULT_LABEL_THRESHOLD}).",
+    ),
+    image_list: Optional[Path] = typer.Option(
+        None, "--list", metavar="FILE",
+        help="Only the images listed in FILE, one per line, relative to IMAGES, extension optional (e.g. VOC's ImageSets/Segmentation/train.txt).",
+    ),
 ) -> None:
     """Make CLIP-ES pseudo masks for a folder of images with image-level labels."""
     raise typer.Exit(
@@ -92,21 +107,24 @@ def label(
             images, labels, annotations, out, classes, weights, template, background, lam, mu,
             synonyms, crf, save_cams, visualize, device, max_side, overwrite, workers, backend, ray_address, report,
             crf_backend,
+            label_threshold=label_threshold, image_list=image_list,
         )
     )
 
 
 @handle_errors
 def _run(
-    images: Path, labels: Optional[Path], annotations: Optional[Path], out: Path, classes: str,
+    images: Path, labels: Optional[str | Path], annotations: Optional[Path], out: Path, classes: str,
     weights: Optional[Path], template: list[str], background: Optional[str], lam: Optional[float], mu: float,
     synonyms: str, crf: bool, save_cams: bool, visualize: bool, device: str, max_side: int, overwrite: bool,
     workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None, report: bool = False,
     crf_backend: str = "auto",
+    label_threshold: Optional[float] = None, image_list: Optional[Path] = None,
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
     from clipseg_cli.cli.common import load_resolved_clip, resolve_clip_weights
     from clipseg_cli.data.classes import load_background, load_class_set
+    from clipseg_cli.data.image_list import read_image_list
     from clipseg_cli.data.labels import read_labels_file, read_voc_annotations
     from clipseg_cli.device import resolve_device
     from clipseg_cli.labeling import LabelJob, OutputLayout, check_rerun, make_plan
@@ -115,7 +133,13 @@ def _run(
     if not images.is_dir():
         raise ConfigError(f"image folder not found: {images}")
     if (labels is None) == (annotations is None):
-        raise ConfigError("give exactly one of --labels FILE or --annotations DIR")
+        raise ConfigError("give exactly one of --labels FILE, --labels auto or --annotations DIR")
+    auto = isinstance(labels, str) and labels == AUTO
+    if label_threshold is not None and not auto:
+        raise ConfigError("--label-threshold needs --labels auto")
+    threshold = DEFAULT_LABEL_THRESHOLD if label_threshold is None else label_threshold
+    if not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"--label-threshold must be in [0, 1), got {threshold}")
     class_set = load_class_set(classes)
     class_set = class_set.with_background(load_background(background, class_set))
     lam = class_set.lam if lam is None else lam
@@ -125,9 +149,11 @@ def _run(
         from clipseg_cli.scale.ray_backend import import_ray
 
         import_ray()  # not installed: exit 2 before anything is loaded
-    index = read_labels_file(labels) if labels is not None else read_voc_annotations(annotations)  # type: ignore[arg-type]
+    only = read_image_list(image_list) if image_list is not None else None
+    index = None
+    if not auto:
+        index = read_labels_file(Path(labels)) if labels is not None else read_voc_annotations(annotations)  # type: ignore[arg-type]
     layout = OutputLayout(out)
-    plan = make_plan(images, index, class_set, layout, overwrite, need_cams=save_cams)
     # On Ray each task resolves --device on its own node; here the weights are only checked.
     torch_device = resolve_device(device) if backend == "local" else resolve_device("cpu")
     crf_backend, crf_device = resolve_crf_backend(crf_backend, str(torch_device))
@@ -153,13 +179,28 @@ def _run(
         "device": str(torch_device) if backend == "local" else device,
         "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
     }
-    relabelled = check_rerun(layout, plan, run_settings)  # before the model: a conflict costs nothing
     settings = CLIPESSettings(
         templates=tuple(template), synonyms=synonyms, lam=lam, mu=mu, crf=crf, max_side=max_side or None,  # type: ignore[arg-type]
         crf_backend=crf_backend, crf_device=crf_device,
     )
     predictor = None
-    if backend == "local" and plan.todo:  # nothing left to do: no model to load
+    auto_entries: dict[str, dict] = {}
+    auto_failed: dict[str, str] = {}
+    if auto:
+        run_settings["label_threshold"] = threshold
+
+        def new_predictor() -> CLIPESPredictor:
+            return CLIPESPredictor(load_resolved_clip(resolved, torch_device), class_set, settings)
+
+        index, auto_entries, auto_failed, predictor = _auto_labels(
+            images, layout, only, threshold, overwrite, run_settings, new_predictor
+        )
+    assert index is not None
+    plan = make_plan(images, index, class_set, layout, overwrite, need_cams=save_cams, only=only)
+    if auto:
+        _auto_plan_reasons(plan, auto_entries, auto_failed, threshold)
+    relabelled = check_rerun(layout, plan, run_settings)  # before the model: a conflict costs nothing
+    if backend == "local" and plan.todo and predictor is None:  # nothing left to do: no model to load
         predictor = CLIPESPredictor(load_resolved_clip(resolved, torch_device), class_set, settings)
     job = LabelJob(
         images_root=images,
@@ -202,6 +243,75 @@ def _run(
 
         console.print(f"report: {build_with_progress(out).index}")
     return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK
+
+
+def _auto_labels(
+    images: Path, layout: OutputLayout, only: Optional[list[str]], threshold: float, overwrite: bool,
+    run_settings: dict, new_predictor: Callable[[], CLIPESPredictor],
+) -> tuple[LabelIndex, dict[str, dict], dict[str, str], Optional[CLIPESPredictor]]:  # fmt: skip
+    """--labels auto: the labels of OUT/labels.auto.json, after scoring the images it lacks.
+
+    Returns the label index, every entry, the images that could not be scored and the
+    predictor (None when every image already had its labels: no model was loaded).
+    """
+    from clipseg_cli.auto_labels import AUTO_LABELS_FILE, AutoLabelRun, LabelScorer, label_images, read_auto_labels, write_auto_labels
+    from clipseg_cli.data.image_list import image_stem
+    from clipseg_cli.data.images import find_images
+    from clipseg_cli.data.labels import LabelIndex
+    from clipseg_cli.labeling import LABEL_DECISIVE
+    from clipseg_cli.run_settings import read_record, rerun_conflict
+
+    path = layout.root / AUTO_LABELS_FILE
+    previous = {} if overwrite else read_auto_labels(path)
+    if previous:  # labels chosen with other settings are not reused: same rule as for masks
+        record = read_record(layout.run_file) or {}
+        old = record.get("settings")
+        message = rerun_conflict(layout.root, old if isinstance(old, dict) else None, run_settings, LABEL_DECISIVE)
+        if message:
+            raise ConfigError(message)
+    found = find_images(images, exclude=layout.root)
+    if only is not None:
+        listed = set(only)
+        found = [rel for rel in found if image_stem(rel) in listed]
+    todo = [rel for rel in found if rel not in previous]
+    predictor = None
+    result = AutoLabelRun({}, {})
+    if todo:
+        predictor = new_predictor()
+        if previous:
+            console.print(f"resuming: {len(previous)} image(s) already have labels in {path}")
+        try:
+            with Progress() as progress:
+                task = progress.add("choosing labels", total=len(todo), count_failures=True)
+
+                def on_image(rel: str, entry: Optional[dict]) -> None:
+                    task.advance(failed=entry is None)
+                    if entry is None:
+                        progress.echo(failure_line(rel, result.failed[rel]), style="red")
+
+                label_images(LabelScorer(predictor), images, todo, threshold, on_image, result)
+        finally:  # also when interrupted: the labels chosen so far are kept for the rerun
+            write_auto_labels(path, {**previous, **result.entries})
+        console.print(f"labels: {len(result.entries)} image(s) labelled by CLIP -> {path}")
+    entries = {**previous, **result.entries}
+    index = LabelIndex({rel: list(e["labels"]) for rel, e in entries.items()}, str(path))
+    return index, entries, result.failed, predictor
+
+
+def _auto_plan_reasons(plan: Plan, entries: dict[str, dict], failed: dict[str, str], threshold: float) -> None:
+    """Images CLIP could not score are failures; an image with no label says why."""
+    from clipseg_cli.auto_labels import no_label_reason
+
+    skipped = []
+    for entry in plan.skipped:
+        rel = entry["image"]
+        if rel in failed:
+            plan.failed.append({"image": rel, "reason": failed[rel]})
+        elif rel in entries and not entries[rel]["labels"]:
+            skipped.append({"image": rel, "reason": no_label_reason(entries[rel], threshold)})
+        else:
+            skipped.append(entry)
+    plan.skipped = skipped
 
 
 def _relative_to(images: Path, out: Path) -> str | None:

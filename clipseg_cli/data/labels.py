@@ -90,6 +90,10 @@ def _parse_json(text: str, source: str) -> LabelMap:
     for key, value in data.items():
         if isinstance(value, str):
             value = [value]
+        elif isinstance(value, dict):  # {"labels": [...], "scores": {...}}, as labels.auto.json
+            if "labels" not in value:
+                raise ConfigError(f"{source}: the entry of {key!r} is an object without \"labels\"")
+            value = value["labels"]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{source}: labels of {key!r} must be a list of class names")
         _add(result, key, value, source)
@@ -116,7 +120,8 @@ def _parse_lines(text: str, source: str) -> LabelMap:
 
 
 def read_labels_file(path: Path) -> LabelIndex:
-    """JSON (``{"rel/path.jpg": ["cat"]}``) or text/CSV (``rel/path.jpg cat person``)."""
+    """JSON (``{"rel/path.jpg": ["cat"]}``, an entry may also be ``{"labels": ["cat"], ...}``)
+    or text/CSV (``rel/path.jpg cat person``)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
