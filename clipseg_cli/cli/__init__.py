@@ -14,7 +14,7 @@ import typer
 from clipseg_cli import __version__
 from clipseg_cli.cli import conventions as cv
 
-COMMAND_MODULES = ("label", "evaluate", "eval_labels", "sharpness", "retrain", "report", "refine", "train_cam")
+COMMAND_MODULES = ("label", "evaluate", "eval_labels", "reproduce", "sharpness", "retrain", "report", "refine", "train_cam")
 DEFAULT_COMMAND = "label"
 
 app = cv.make_app(
