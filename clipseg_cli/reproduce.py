@@ -64,16 +64,16 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def voc_dataset(root: Path, split: str = "train") -> Dataset:
-    """VOCdevkit/VOC2012: JPEGImages/, Annotations/ (XML), SegmentationClass/ (label PNGs) and
-    ImageSets/Segmentation/<split>.txt."""
+def voc_dataset(root: Path, split: str = "train", gt: Path | None = None) -> Dataset:
+    """VOCdevkit/VOC2012: JPEGImages/, Annotations/ (XML), SegmentationClass/ (label PNGs, or
+    ``gt``) and ImageSets/Segmentation/<split>.txt."""
     _need(root, "VOC folder (--root)")
     return Dataset(
         name="voc",
         split=split,
         classes="voc",
         images=_need(root / "JPEGImages", "VOC images"),
-        gt=_need(root / "SegmentationClass", "VOC ground truth"),
+        gt=_need(gt, "ground truth (--gt)") if gt is not None else _need(root / "SegmentationClass", "VOC ground truth"),
         annotations=_need(root / "Annotations", "VOC XML annotations"),
         image_list=_need(root / "ImageSets" / "Segmentation" / f"{split}.txt", f"VOC split list for --split {split}"),
     )

@@ -56,8 +56,7 @@ def _check_scale(workers: Optional[int], backend: str, ray_address: Optional[str
 def label(
     images: Path = typer.Argument(..., help="Folder of images, searched recursively (.jpg .jpeg .png .bmp .webp .tif .tiff)."),
     labels: Optional[str] = cv.labels_option(
-        extra=' Or "auto": CLIP chooses each image\'s labels (written to OUT/labels.auto.json; see --label-threshold).',
-        metavar="FILE|auto",
+        extra=' Or "auto": CLIP chooses each image\'s labels (written to OUT/labels.auto.json; see --label-threshold).'
     ),
     annotations: Optional[Path] = cv.annotations_option(),
     out: Path = cv.out_option("Output folder: masks/, cams/, vis/, run.json."),

@@ -25,7 +25,7 @@ def reproduce(
     split: str = typer.Option("train", "--split", help="The split: VOC ImageSets/Segmentation/<split>.txt; COCO <split>2014."),
     weights: Optional[Path] = cv.weights_option(),
     device: str = cv.device_option(),
-    gt: Optional[Path] = typer.Option(None, "--gt", metavar="DIR", help="Label PNGs to score against (default: the dataset's, see docs/reproduce.md)."),
+    gt: Optional[Path] = typer.Option(None, "--gt", metavar="DIR", help="Label PNGs to score against (default: the dataset's, e.g. VOC's SegmentationClass; see docs/reproduce.md)."),
     mu: float = typer.Option(
         0.0, "--mu",
         help="CRF confidence below which a mask pixel becomes 255. 0: the CRF's label everywhere, as the paper scores its +CRF figure; "
@@ -52,12 +52,7 @@ def _run(
     )  # fmt: skip
     from clipseg_cli.run_settings import read_record
 
-    if dataset_name == "voc":
-        if gt is not None:
-            raise ConfigError("--gt is for coco; VOC's ground truth is ROOT/SegmentationClass")
-        dataset = voc_dataset(root, split)
-    else:
-        dataset = coco_dataset(root, split, gt)
+    dataset = voc_dataset(root, split, gt) if dataset_name == "voc" else coco_dataset(root, split, gt)
     class_names = load_class_set(dataset.classes).classes
     stems = split_stems(dataset)
     console.print(f"reproduce {dataset.name} {split}: {len(stems)} images listed, ground truth {dataset.gt}")

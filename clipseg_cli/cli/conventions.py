@@ -216,10 +216,10 @@ LABELS_FORMAT = 'JSON {"rel/path.jpg": ["cat", ...]} or lines "rel/path.jpg cat 
 WEIGHTS_DEFAULT = "default: $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt, downloaded if absent"
 
 
-def labels_option(extra: str = "", required: bool = True, metavar: str = "FILE") -> Any:
+def labels_option(extra: str = "", required: bool = True) -> Any:
     """``-l/--labels FILE``; ``required``: this or --annotations must be given."""
     need = " One of --labels / --annotations is required." if required else ""
-    return typer.Option(None, "--labels", "-l", metavar=metavar, help=f"Image-level labels: {LABELS_FORMAT}.{need}{extra}")
+    return typer.Option(None, "--labels", "-l", metavar="FILE", help=f"Image-level labels: {LABELS_FORMAT}.{need}{extra}")
 
 
 def annotations_option(extra: str = "", required: bool = True) -> Any:
