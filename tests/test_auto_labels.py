@@ -319,3 +319,38 @@ def test_list_restricts_the_run_to_the_listed_images(tmp_path: Path, cli, golden
     assert run["skipped"] == []  # b.png is not listed: left alone, not "skipped"
     assert run["failed"] == [{"image": "missing", "reason": "in --list but no such image in the folder"}]
     assert not (tmp_path / "out" / "masks" / "b.png").exists()
+
+
+def test_labels_chosen_before_ctrl_c_are_kept_and_bound_to_their_threshold(
+    tmp_path: Path, known_clip, auto_run, monkeypatch: pytest.MonkeyPatch
+):
+    import clipseg_cli.prompt_search as prompt_search
+
+    calls, _ = known_clip
+    images = tmp_path / "images"
+    for colour in ("blue", "red", "white"):  # scored in path order: blue, red, white
+        flat_image(images / f"{colour}.png", colour)
+    out = tmp_path / "out"
+    embedding = prompt_search.image_embedding
+
+    def stop_at_white(model, image, max_side=None):  # noqa: ANN001, ANN202
+        e = embedding(model, image, max_side)
+        if calls[-1] == "white":
+            raise KeyboardInterrupt
+        return e
+
+    monkeypatch.setattr(prompt_search, "image_embedding", stop_at_white)
+    stopped = auto_run(images, out, "--label-threshold", "0.3")
+    assert stopped.exit_code == 130
+    assert sorted(json.loads((out / "labels.auto.json").read_text())) == ["blue.png", "red.png"]
+    assert not (out / "masks").exists()
+
+    monkeypatch.setattr(prompt_search, "image_embedding", embedding)
+    other = auto_run(images, out, "--label-threshold", "0.1")
+    assert other.exit_code == 2 and "label_threshold 0.3 -> 0.1" in other.output
+    calls.clear()
+    resumed = auto_run(images, out, "--label-threshold", "0.3")
+    assert resumed.exit_code == 0, resumed.output
+    assert calls == ["white"]
+    run = json.loads((out / "run.json").read_text())
+    assert {e["image"]: e["labels"] for e in run["images"]} == {"red.png": ["cat"], "white.png": ["cat"]}

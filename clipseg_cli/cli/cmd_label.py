@@ -276,6 +276,10 @@ def _auto_labels(
     predictor = None
     result = AutoLabelRun({}, {})
     if todo:
+        if not layout.run_file.exists():  # a record of the settings even if stopped while choosing
+            from clipseg_cli.io.atomic import write_json
+
+            write_json(layout.run_file, {"tool": "wsss-label", "state": "choosing labels", "settings": run_settings})
         predictor = new_predictor()
         if previous:
             console.print(f"resuming: {len(previous)} image(s) already have labels in {path}")
