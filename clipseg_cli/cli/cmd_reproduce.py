@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from clipseg_cli.cli import conventions as cv
+from clipseg_cli.cli.cmd_label import CrfBackend
 from clipseg_cli.cli.console import console, handle_errors
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED
@@ -32,15 +33,18 @@ def reproduce(
         "0.95: the training pseudo masks (their 255 pixels are then left out of the +CRF figure).",
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="As for `wsss-label label` (default: one per CPU core, at most 8)."),
+    crf_backend: CrfBackend = typer.Option(
+        "auto", "--crf-backend", help="As for `wsss-label label`: pydensecrf (the paper's), or torch; auto: torch when the model runs on CUDA."
+    ),
 ) -> None:
     """Label a dataset split with CLIP-ES and print the paper's table beside ours: CAM, +CAA, +CRF mIoU and seconds per image."""
-    raise typer.Exit(_run(dataset, root, out, split, weights, device, gt, mu, workers))
+    raise typer.Exit(_run(dataset, root, out, split, weights, device, gt, mu, workers, crf_backend))
 
 
 @handle_errors
 def _run(
     dataset_name: str, root: Path, out: Path, split: str, weights: Optional[Path], device: str,
-    gt: Optional[Path], mu: float, workers: Optional[int],
+    gt: Optional[Path], mu: float, workers: Optional[int], crf_backend: str = "auto",
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import DEFAULT_TEMPLATE
     from clipseg_cli.cli import cmd_label
@@ -68,9 +72,10 @@ def _run(
                 raise ConfigError(f"{dataset.gt}: no label PNG for any listed image")
             write_json(labels_file, labels)
     code = cmd_label._run(
-        dataset.images, labels_file, dataset.annotations, out, dataset.classes, weights, [DEFAULT_TEMPLATE], None,
-        None, mu, "sentence", True, True, False, device, 1024, False, workers,
-        image_list=dataset.image_list,
+        images=dataset.images, labels=labels_file, annotations=dataset.annotations, out=out, classes=dataset.classes,
+        weights=weights, template=[DEFAULT_TEMPLATE], background=None, lam=None, mu=mu, synonyms="sentence",
+        crf=True, save_cams=True, visualize=False, device=device, max_side=1024, overwrite=False, workers=workers,
+        crf_backend=crf_backend, image_list=dataset.image_list,
     )  # fmt: skip
     run = read_record(out / "run.json") or {}
     scored = scoreable(out, dataset.gt, stems, run)
