@@ -288,9 +288,7 @@ def _auto_labels(
                 task = progress.add("choosing labels", total=len(todo), count_failures=True)
 
                 def on_image(rel: str, entry: Optional[dict]) -> None:
-                    task.advance(failed=entry is None)
-                    if entry is None:
-                        progress.echo(failure_line(rel, result.failed[rel]), style="red")
+                    task.advance(failed=entry is None)  # the failure's line comes with the plan's
 
                 label_images(LabelScorer(predictor), images, todo, threshold, on_image, result)
         finally:  # also when interrupted: the labels chosen so far are kept for the rerun
