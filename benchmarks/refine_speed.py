@@ -44,7 +44,7 @@ def main() -> None:
 
     from clipseg_cli.clip.model import CLIP, CLIPConfig
     from clipseg_cli.data.classes import load_class_set
-    from clipseg_cli.refiners.weakclip import WeakCLIP
+    from clipseg_cli.methods.weakclip import WeakCLIP
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -106,7 +106,7 @@ def main() -> None:
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
     if args.predict:
-        from clipseg_cli.segmentation.predict import multiscale_probs
+        from clipseg_cli.inference import multiscale_probs
 
         width, height = (int(v) for v in args.predict.lower().split("x"))
         image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)

@@ -24,7 +24,7 @@ def measure(arch: str, crop: int, batch: int, iters: int, warmup: int, device_na
 
     from clipseg_cli.segmentation.deeplab import build_deeplabv2
     from clipseg_cli.segmentation.losses import confidence_guided_ce
-    from clipseg_cli.segmentation.schedule import build_optimizer
+    from clipseg_cli.methods.deeplab import build_optimizer
 
     if threads > 0:
         torch.set_num_threads(threads)

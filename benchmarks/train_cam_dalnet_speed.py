@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from clipseg_cli.cam_generators.dalnet import DALNet
-from clipseg_cli.cam_generators.vit_backbone import TimmViT
+from clipseg_cli.methods.dalnet import DALNet
+from clipseg_cli.methods.vit_backbone import TimmViT
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from clipseg_cli.cam_generators import clims
+from clipseg_cli.methods import clims
 from clipseg_cli.clip.model import CLIP, CLIPConfig
 
 VIT_B16 = CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from clipseg_cli.cam_generators.vit_backbone import TimmViT
-from clipseg_cli.cam_generators.vitpcm import PatchClassMapper, vitpcm_loss
+from clipseg_cli.methods.vit_backbone import TimmViT
+from clipseg_cli.methods.vitpcm import PatchClassMapper, vitpcm_loss
 
 
 def main() -> None:

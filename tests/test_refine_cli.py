@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipseg_cli.cli import app
-from clipseg_cli.segmentation.checkpoint import make_checkpoint, save_checkpoint
+from clipseg_cli.training.checkpoint import make_checkpoint, save_checkpoint
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
 
 from tests.conftest import interrupt_training_at

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipseg_cli.cli import app
-from clipseg_cli.segmentation.checkpoint import make_checkpoint, save_checkpoint
+from clipseg_cli.training.checkpoint import make_checkpoint, save_checkpoint
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
 from tests.conftest import interrupt_training_at
 
@@ -174,7 +174,9 @@ def test_predict_bad_checkpoints(data: Path, tmp_path: Path) -> None:
 
 
 def test_predict_dispatches_on_the_checkpoint_kind(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipseg_cli.segmentation import predict as predict_module
+    from types import SimpleNamespace
+
+    from clipseg_cli import methods
 
     class Halves:
         class_names = ["left", "right"]
@@ -194,7 +196,8 @@ def test_predict_dispatches_on_the_checkpoint_kind(data: Path, tmp_path: Path, m
         seen["cam_options"] = (options.bg_threshold, options.caa)
         return Halves()
 
-    monkeypatch.setitem(predict_module.PREDICTORS, "halves", load)
+    methods.all_methods()  # the registry is complete before a method is added beside it
+    monkeypatch.setitem(methods.METHODS, "halves", SimpleNamespace(name="halves", kind="halves", load_predictor=load))
     ckpt = tmp_path / "halves.pt"
     save_checkpoint(ckpt, make_checkpoint("halves", {}, ["left", "right"], {}))
     out = tmp_path / "out"

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from clipseg_cli.cam_generators import clims
+from clipseg_cli.methods import clims
 from clipseg_cli.cli import app
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
 from tests.conftest import interrupt_training_at
@@ -178,7 +178,7 @@ def test_predictor_probabilities_and_threshold(data: Path) -> None:
     torch.manual_seed(0)
     net = clims.CAMNet(18, 3)
     from clipseg_cli.segmentation.deeplab import IMAGENET_NORM
-    from clipseg_cli.segmentation.predict import InferenceOptions
+    from clipseg_cli.inference import InferenceOptions
 
     image = np.asarray(Image.open(next((data / "images").glob("*.png"))).convert("RGB"))
     pred = clims.ClimsPredictor(net, IMAGENET_NORM, NAMES, torch.device("cpu"), InferenceOptions((1.0,), True), 0.15, {})
@@ -221,7 +221,7 @@ def test_evaluator_matches_a_hand_built_pair(golden_weights: Path) -> None:
 def test_predictor_caa_on_clip_attention(data: Path, golden_weights: Path) -> None:
     from clipseg_cli.clip.loading import load_clip
     from clipseg_cli.segmentation.deeplab import IMAGENET_NORM
-    from clipseg_cli.segmentation.predict import InferenceOptions
+    from clipseg_cli.inference import InferenceOptions
 
     torch.manual_seed(0)
     net = clims.CAMNet(18, 3)

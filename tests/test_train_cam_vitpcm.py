@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from clipseg_cli.cam_generators.vit_backbone import tiny_vit
-from clipseg_cli.cam_generators.vitpcm import (
+from clipseg_cli.methods.vit_backbone import tiny_vit
+from clipseg_cli.methods.vitpcm import (
     HVBiLSTM,
     PatchClassMapper,
+    VitPcm,
     VitPcmConfig,
-    VitPcmTrainer,
     predictor_from_checkpoint,
     second_branch,
 )
-from clipseg_cli.cam_generators.vitpcm_equivariance import (
+from clipseg_cli.methods.vitpcm_equivariance import (
     equivariance_loss,
     gmp_scores,
     mce_loss,
@@ -32,9 +32,11 @@ from clipseg_cli.cam_generators.vitpcm_equivariance import (
     warp,
 )
 from clipseg_cli.data.labels import read_labels_file
+from clipseg_cli.methods.base import MethodInputs
 from clipseg_cli.io.masks import load_label_map
-from clipseg_cli.segmentation.checkpoint import read_checkpoint
+from clipseg_cli.training.checkpoint import read_checkpoint
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
+from clipseg_cli.training.engine import train
 from tests.conftest import Cli, interrupt_training_at, write_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -163,13 +165,8 @@ def test_tiny_vit_learns_shapes_from_image_labels(shapes: Path, tmp_path: Path) 
         images=shapes / "images", out=tmp_path / "run", class_names=NAMES, size=32, batch=8, epochs=20,
         frozen_epochs=2, lr=1e-3, lr_finetune=1e-3, unfreeze=2, lstm_hidden=16, predict_size=32, save_every=1000,
     )  # fmt: skip
-    trainer = VitPcmTrainer(
-        cfg,
-        torch.device("cpu"),
-        read_labels_file(shapes / "labels.json"),
-        backbone=small_vit(),
-    )
-    summary = trainer.run()
+    inputs = MethodInputs(labels=read_labels_file(shapes / "labels.json"), backbone=small_vit())
+    summary = train(VitPcm(cfg, torch.device("cpu"), inputs))
     assert (
         summary["iteration"] == 60
         and summary["frozen_iters"] == 6
@@ -299,7 +296,7 @@ def test_clip_backbone_trains_saves_and_rebuilds(
 ) -> None:
     """--backbone clip: our CLIP's image tower (the golden tiny CLIP, /16 patches), rebuilt from the
     checkpoint alone for predict (no CLIP file needed), giving the same probabilities."""
-    from clipseg_cli.cam_generators.vitpcm import build_model, describe_backbone
+    from clipseg_cli.methods.vitpcm import build_model, describe_backbone
     from clipseg_cli.clip.loading import load_clip
 
     cli = Cli()
@@ -336,7 +333,13 @@ def test_iters_sets_the_length_instead_of_epochs(shapes: Path, tmp_path: Path) -
     labels = read_labels_file(shapes / "labels.json")
     common = dict(images=shapes / "images", out=tmp_path / "run", class_names=NAMES, size=32, batch=8, epochs=20,
                   frozen_epochs=2, lstm_hidden=8, predict_size=32)  # fmt: skip
-    by_epochs = VitPcmTrainer(VitPcmConfig(**common), torch.device("cpu"), labels, backbone=small_vit())
-    by_iters = VitPcmTrainer(VitPcmConfig(**common, iters=7), torch.device("cpu"), labels, backbone=small_vit())
+
+    def built(cfg: VitPcmConfig) -> VitPcm:
+        method = VitPcm(cfg, torch.device("cpu"), MethodInputs(labels=labels, backbone=small_vit()))
+        method.setup(None)
+        return method
+
+    by_epochs = built(VitPcmConfig(**common))
+    by_iters = built(VitPcmConfig(**common, iters=7))
     assert by_epochs.iters == 20 * by_epochs.iters_per_epoch and by_epochs.iters_per_epoch > 1
     assert by_iters.iters == 7 and by_iters.frozen_iters == by_epochs.frozen_iters

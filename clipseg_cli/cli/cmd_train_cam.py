@@ -1,21 +1,19 @@
-"""`wsss-label train-cam METHOD ...`: train a learned CAM generator from image-level labels."""
+"""`wsss-label train-cam METHOD ...`: train a learned CAM generator from image-level labels; one
+command per CAM method of the registry (:mod:`clipseg_cli.methods`)."""
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-from clipseg_cli.cam_generators import METHODS
-from clipseg_cli.cli.conventions import make_app
+from clipseg_cli.cli import conventions as cv
+from clipseg_cli.cli.train_commands import register_family
 
 
 def register(app: typer.Typer) -> None:
-    group = make_app(
+    group = cv.make_app(
         help="Train a learned CAM generator (CLIMS, DALNet, ViT-PCM) from image-level labels; "
         "predict its masks with `wsss-label predict IMAGES --checkpoint RUN/last.pt --labels LABELS`.",
     )
-    for method in METHODS:
-        importlib.import_module(f"clipseg_cli.cli.train_cam_{method}").register(group)
+    register_family(group, "cam")
     if group.registered_commands:
         app.add_typer(group, name="train-cam")

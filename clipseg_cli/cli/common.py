@@ -1,4 +1,5 @@
-"""Steps several commands share: loading CLIP (download progress, a loading status), writing a JSON report."""
+"""Steps several commands share: loading CLIP (download progress, a loading status), writing a JSON
+report, predicting a folder with progress."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from clipseg_cli.cli.console import console
-from clipseg_cli.cli.progress import Progress, loading
+from clipseg_cli.cli.progress import Progress, echo, failure_line, loading
+from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
 if TYPE_CHECKING:
     from clipseg_cli.clip.model import CLIP
@@ -59,3 +61,49 @@ def emit_report(out: Path | None, report: dict[str, Any]) -> None:
     else:
         write_json(out, report)
         console.print(f"report: {out}")
+
+
+def file_digest(path: Path | None) -> str | None:
+    """SHA-256 of a file (a checkpoint, a labels file) for the settings a rerun must match; None
+    for no file or a folder (VOC annotations)."""
+    from clipseg_cli.clip.pretrained import sha256_of
+
+    return sha256_of(path) if path is not None and path.is_file() else None
+
+
+def predict_with_progress(
+    images: Path, out: Path, predictor: Any, *, crf: bool, overwrite: bool, settings: dict[str, Any],
+    device: Any, description: str, labels: Any = None,
+) -> int:  # fmt: skip
+    """Run ``predict_folder`` with progress (failures printed as they happen), print its
+    summary, return the exit code."""
+    from clipseg_cli.inference import predict_folder
+    from clipseg_cli.training.run import out_of_memory_message
+
+    with Progress() as progress:
+        task = progress.add(description, total=None, count_failures=True)
+
+        def on_failure(key: str, error: str) -> None:
+            task.update(failed=task.state.failed + 1)
+            progress.echo(failure_line(key, error), style="red")
+
+        try:
+            summary = predict_folder(
+                images, out, predictor, crf=crf, overwrite=overwrite, settings=settings,
+                on_start=lambda n: task.update(total=n), on_image=lambda _k: task.advance(),
+                labels=labels, on_failure=on_failure,
+            )  # fmt: skip
+        except RuntimeError as exc:
+            message = out_of_memory_message(exc, device)
+            if message is None:
+                raise
+            raise ConfigError(f"{message}; use fewer or smaller --scales, or --device cpu") from None
+    labelled = labels is not None or hasattr(predictor, "image_labels")
+    unlabelled = f"{len(summary.unlabelled)} without labels, " if labelled else ""
+    console.print(
+        f"done: {summary.written} written, {summary.skipped} already there, {unlabelled}"
+        f"{len(summary.failed)} failed -> {out / 'masks'}"
+    )
+    if summary.failed:
+        echo(f"failures are listed in {out / 'predict.json'}")
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK

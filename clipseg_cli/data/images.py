@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clipseg_cli.errors import ImageError
+from clipseg_cli.errors import ConfigError, ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -78,3 +79,42 @@ def load_rgb(path: Path) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError("image has no pixels")
     return rgb
+
+
+# EXIF orientations that swap width and height.
+_TRANSPOSING = {5, 6, 7, 8}
+
+
+def list_images(root: Path) -> dict[str, Path]:
+    """Images under ``root`` (a folder, searched recursively, or one file) by relative path without extension."""
+    root = Path(root)
+    if root.is_file():
+        return {root.stem: root}
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such folder")
+    found: dict[str, Path] = {}
+    for rel in find_images(root):
+        key = posixpath.splitext(rel)[0]
+        if key in found:
+            raise ConfigError(f"{root}: two images share the name {key!r} ({found[key].name}, {Path(rel).name})")
+        found[key] = root / rel
+    return found
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied; ImageError naming the file."""
+    try:
+        return load_rgb(path)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, read from the header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot read image ({type(exc).__name__})") from None
+    return (h, w) if orientation in _TRANSPOSING else (w, h)

@@ -153,3 +153,49 @@ def read_voc_annotations(folder: Path) -> LabelIndex:
     if not result:
         raise ConfigError(f"{folder}: no VOC XML annotations found")
     return LabelIndex(result, str(folder))
+
+
+# -- labels of training images -------------------------------------------------------------------
+ImageLabels = dict[str, list[int]]  # image key -> mask values (1 + class index) it is labelled with
+
+
+def read_label_source(labels: Path | None, annotations: Path | None) -> LabelIndex:
+    """``--labels FILE`` or ``--annotations DIR`` (exactly one), as the main command reads them."""
+    if (labels is None) == (annotations is None):
+        raise ConfigError("give exactly one of --labels FILE or --annotations DIR")
+    return read_labels_file(labels) if labels is not None else read_voc_annotations(annotations)  # type: ignore[arg-type]
+
+
+def labels_for_images(index: LabelIndex, images: Path, class_names: list[str] | tuple[str, ...]) -> ImageLabels:
+    """Mask values (1 + class index) of every image under ``images`` that has labels.
+
+    Images without labels (or with an empty list) are left out; an unknown class name is a
+    ConfigError listing the valid ones, as for labelling.
+    """
+    from clipseg_cli.data.classes import ClassSet
+    from clipseg_cli.data.images import list_images
+
+    names = tuple(class_names)
+    lookup = ClassSet("labels", names, names, tuple((n,) for n in names), ())
+    root = Path(images)
+    result: ImageLabels = {}
+    for key, path in list_images(root).items():
+        rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        found = index.lookup(rel)
+        if not found:
+            continue
+        values: list[int] = []
+        for name in found:
+            if not lookup.has(name):
+                raise ConfigError(f"unknown class {name!r} for image {rel}; valid classes: {', '.join(names)}")
+            value = 1 + lookup.index(name)
+            if value not in values:
+                values.append(value)
+        result[key] = values
+    return result
+
+
+def saved_image_labels(saved: object) -> ImageLabels:
+    """The ``image_labels`` of a checkpoint as ``{str: [int]}`` (empty when absent)."""
+    items = saved.items() if isinstance(saved, dict) else ()
+    return {str(k): [int(v) for v in vals] for k, vals in items}

@@ -1,30 +1,27 @@
-"""Image / pseudo-mask pairs and the deterministic training stream over them.
+"""Image / pseudo-mask pairs and the augmented training crops made from them.
 
 Pairing: ``IMAGES/<rel>.<ext>`` goes with ``MASKS/<rel>.png`` (or ``MASKS/masks/<rel>.png`` when
 MASKS is the output folder of ``wsss-label label``). Mask values: 0 background, 1 + c for class c,
 255 ignored.
 
-Sample ``g`` of the run (``g = iteration * batch + k``) is image ``perm_e[g mod n]`` of epoch
-``e = g // n`` with augmentation drawn from ``numpy.random.default_rng([seed, g])``: the stream is a
-pure function of (seed, iteration), whatever the number of loader workers, so resuming from any
-iteration reproduces the uninterrupted run exactly.
+Items are indexed by ``(dataset index, sample number)`` as :mod:`clipseg_cli.training.data` streams
+them; an item's augmentation is drawn from ``numpy.random.default_rng([seed, sample number])``.
 """
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Iterator, Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.io.masks import IGNORE_LABEL, load_label_map
-from clipseg_cli.data.images import find_images, load_rgb
+from clipseg_cli.data.images import image_size, list_images, read_rgb
 from clipseg_cli.segmentation.augment import train_augment
 from clipseg_cli.segmentation.deeplab import Normalization
 
@@ -34,45 +31,6 @@ class Pair:
     key: str
     image: Path
     mask: Path
-
-
-# EXIF orientations that swap width and height.
-_TRANSPOSING = {5, 6, 7, 8}
-
-
-def list_images(root: Path) -> dict[str, Path]:
-    """Images under ``root`` (a folder, searched recursively, or one file) by relative path without extension."""
-    root = Path(root)
-    if root.is_file():
-        return {root.stem: root}
-    if not root.is_dir():
-        raise ConfigError(f"{root}: no such folder")
-    found: dict[str, Path] = {}
-    for rel in find_images(root):
-        key = posixpath.splitext(rel)[0]
-        if key in found:
-            raise ConfigError(f"{root}: two images share the name {key!r} ({found[key].name}, {Path(rel).name})")
-        found[key] = root / rel
-    return found
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied; ImageError naming the file."""
-    try:
-        return load_rgb(path)
-    except ImageError as exc:
-        raise ImageError(f"{path}: {exc}") from None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) after EXIF rotation, read from the header only."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except Exception as exc:
-        raise ImageError(f"{path}: cannot read image ({type(exc).__name__})") from None
-    return (h, w) if orientation in _TRANSPOSING else (w, h)
 
 
 def resolve_masks_dir(path: Path, what: str = "MASKS") -> Path:
@@ -147,34 +105,6 @@ def load_pair(pair: Pair, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
             "(check --classes)"
         )
     return image, mask
-
-
-def sample_position(g: int, n: int, seed: int, _cache: dict[tuple[int, int, int], np.ndarray] = {}) -> int:
-    """Dataset index of run-wide sample ``g`` (a fresh permutation per epoch)."""
-    epoch, pos = divmod(g, n)
-    key = (seed, epoch, n)
-    perm = _cache.get(key)
-    if perm is None:
-        if len(_cache) > 4:
-            _cache.clear()
-        perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
-        _cache[key] = perm
-    return int(perm[pos])
-
-
-class TrainBatches(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(dataset index, sample number)`` for iterations ``start`` .. ``stop - 1``."""
-
-    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int) -> None:
-        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
-
-    def __len__(self) -> int:
-        return max(self.stop - self.start, 0)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for it in range(self.start, self.stop):
-            g0 = it * self.batch
-            yield [(sample_position(g, self.n, self.seed), g) for g in range(g0, g0 + self.batch)]
 
 
 class PseudoMaskDataset(Dataset):

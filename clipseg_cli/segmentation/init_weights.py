@@ -39,6 +39,7 @@ from clipseg_cli.segmentation.deeplab import (
     Normalization,
 )
 from clipseg_cli.segmentation.resnet import RESNET_SPECS, Style
+from clipseg_cli.training.checkpoint import load_torch_file
 
 ACCEPTED = (
     "a torchvision ResNet state dict (resnet18/50/101-*.pth), deeplab-pytorch's "
@@ -57,21 +58,6 @@ class InitWeights:
     norm: Normalization
     backbone: dict[str, torch.Tensor]
     head: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def load_torch_file(path: Path, what: str) -> Any:
-    """``torch.load(weights_only=True)`` on CPU; one-line ConfigError when missing or unreadable."""
-    if not path.is_file():
-        raise ConfigError(f"{what} {path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip, and weights-only errors all mean "not a weights file"
-        raise ConfigError(f"{what} {path}: not a PyTorch weights file ({_first_line(exc)})") from None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """DALNet (Jang et al., ECCV 2024, sections 3.2-3.5): a ViT CAM generator trained from image-level
 labels with dense alignment to frozen CLIP text embeddings.
 
-Network (:class:`DALNet`): a ViT (:mod:`clipseg_cli.cam_generators.vit_backbone`), a 1x1 classifier
+Network (:class:`DALNet`): a ViT (:mod:`clipseg_cli.methods.vit_backbone`), a 1x1 classifier
 on the final patch tokens (final CAMs, GMP logits -> ``L_cls``) and one on the tokens of an
 intermediate block (``inter_block``, 1-based; 10 for ViT-B/16, ``depth - 2`` in general; GMP logits ->
 ``L_inter``). The intermediate CAMs (eq. 1) of the image's classes, thresholded at ``beta``, give the
@@ -34,24 +34,34 @@ CAMs of the image's labels, background channel = ``bg_threshold``.
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipseg_cli.cam_generators import generator_kind
-from clipseg_cli.cam_generators.vit_backbone import TimmViT, forward_tokens, vit_width
-from clipseg_cli.errors import ConfigError
-from clipseg_cli.io.atomic import write_json
-from clipseg_cli.segmentation.checkpoint import make_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from clipseg_cli.data.images import read_rgb
+from clipseg_cli.errors import ConfigError, ImageError
+from clipseg_cli.inference import InferenceOptions
+from clipseg_cli.methods import register
+from clipseg_cli.methods.base import (
+    LearnedMethod,
+    MethodInputs,
+    clip_weights_record,
+    labelled_paths,
+    weights_setting,
+)
+from clipseg_cli.methods.vit_backbone import TimmViT, build_backbone, forward_tokens, vit_width
+from clipseg_cli.training.config import RunConfig, setting
+from clipseg_cli.training.data import seed_everything
+from clipseg_cli.training.engine import Trainer
+from clipseg_cli.training.reporting import QuietReporter
+from clipseg_cli.training.schedules import set_lr, warmup_poly_lr
 
-KIND = generator_kind("dalnet")
+KIND = "cam.dalnet"
 FG_TEMPLATE = "a photo of {}."
 BG_PROMPT = "a photo of background"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -257,46 +267,56 @@ def augment(image: np.ndarray, rng: np.random.Generator, crop: int, scales: tupl
     return canvas[y : y + crop, x : x + crop], (y, x)  # type: ignore[return-value]
 
 
-@dataclass
-class TrainConfig:
-    out: Path
-    iters: int = 20000
-    batch: int = 4
-    lr: float = 6e-5
-    warmup: int = 1500
-    warmup_ratio: float = 1e-6
-    power: float = 0.9
-    weight_decay: float = 0.01
-    crop: int = 448
-    scales: tuple[float, float] = (0.5, 1.5)
-    seed: int = 0
-    save_every: int = 1000
-    loss_weights: tuple[float, float, float] = LOSS_WEIGHTS
+@dataclass(kw_only=True)
+class DalnetConfig(RunConfig):
+    """Everything ``train-cam dalnet`` is asked for; the defining fields are kept on --resume."""
 
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["out"] = str(self.out)
-        return d
+    backbone: str = setting("clip", "clip: our CLIP's image tower, fine-tuned; FILE: a timm ViT-B/16 state dict.",
+                            metavar="clip|FILE")  # fmt: skip
+    weights: Path | None = weights_setting(
+        "CLIP checkpoint for the frozen text encoder (and --backbone clip) (default: $WSSS_LABEL_WEIGHTS, "
+        "else the cached ViT-B-16.pt)."
+    )
+    iters: int = setting(20000, "Training iterations.", minimum=1)
+    batch: int = setting(4, "Images per training iteration.", flags=("--batch-size",), minimum=1)
+    lr: float = setting(6e-5, "AdamW peak learning rate (after warm-up; poly 0.9 decay).", positive=True)
+    warmup: int = setting(1500, "Iterations of linear learning-rate warm-up. Starts at 1e-6 x --lr.",
+                          flags=("--warmup-iters",), hidden_flags=("--warmup",), minimum=0)  # fmt: skip
+    warmup_ratio: float = setting(1e-6, cli=False)
+    power: float = setting(0.9, cli=False)
+    weight_decay: float = setting(0.01, cli=False)
+    crop: int = setting(448, "Square training crop (a multiple of the patch size).", minimum=16)
+    scales: tuple[float, float] = setting((0.5, 1.5), cli=False)
+    inter_block: int = setting(0, "Block (1-based) of the intermediate CAM; 0: 10 on ViT-B (depth - 2).", minimum=0)
+    beta: float = setting(0.5, "Background threshold of the object-aware mask.")
+    proj_dim: int = setting(256, cli=False)
+    loss_weights: tuple[float, float, float] = setting(LOSS_WEIGHTS, cli=False)
+    save_every: int = setting(1000, "Write last.pt every N iterations (0: only at the end).", minimum=0,
+                              defining=False)  # fmt: skip
+    seg_head: bool = setting(False, "The single-stage segmentation head (not implemented yet).", defining=False)
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.beta < 1:
+            raise ConfigError(f"--beta must be in (0, 1), got {self.beta}")
+        if self.seg_head:
+            raise ConfigError("--seg-head is not implemented yet; DALNet's CAMs are trained without it")
 
 
-def lr_at(cfg: TrainConfig, iteration: int) -> float:
+TrainConfig = DalnetConfig
+
+
+def lr_at(cfg: DalnetConfig, iteration: int) -> float:
     """Linear warm-up from ``warmup_ratio * lr`` to ``lr`` over ``warmup`` iterations, then poly."""
-    if iteration < cfg.warmup:
-        return cfg.lr * (cfg.warmup_ratio + (1 - cfg.warmup_ratio) * iteration / cfg.warmup)
-    span = max(1, cfg.iters - cfg.warmup)
-    return cfg.lr * (1 - min(iteration - cfg.warmup, span) / span) ** cfg.power
+    return warmup_poly_lr(cfg.lr, iteration, cfg.iters, cfg.warmup, cfg.warmup_ratio, cfg.power)
 
 
 def _rgb(item: np.ndarray | Path) -> np.ndarray:
-    if isinstance(item, np.ndarray):
-        return item
-    from clipseg_cli.segmentation.dataset import read_rgb
-
-    return read_rgb(Path(item))
+    return item if isinstance(item, np.ndarray) else read_rgb(Path(item))
 
 
-def make_batch(cfg: TrainConfig, images: Sequence[np.ndarray | Path], labels: np.ndarray, iteration: int,
-               mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(cfg: DalnetConfig, images: Sequence[np.ndarray | Path], labels: np.ndarray, iteration: int,
+               mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The batch of ``iteration``: a pure function of (seed, iteration), so resuming is exact."""
     rng = np.random.default_rng([cfg.seed, iteration])
     picks = rng.integers(0, len(images), cfg.batch)
@@ -305,80 +325,141 @@ def make_batch(cfg: TrainConfig, images: Sequence[np.ndarray | Path], labels: np
 
 
 # -- training ------------------------------------------------------------------------------------
-LAST, METRICS, RUN = "last.pt", "metrics.jsonl", "run.json"
+@register
+class Dalnet(LearnedMethod):
+    """One run of ``train-cam dalnet``. ``model`` and ``samples`` (images as uint8 RGB arrays or
+    paths, and their multi-hot labels (n, C)) may be given ready (library use); otherwise they are
+    built from the config, the labels and CLIP."""
 
+    name = "dalnet"
+    family = "cam"
+    kind = KIND
+    summary = "Train DALNet's CAMs: ViT + frozen CLIP text, global implicit and local explicit alignment, ToCo patch contrast."
+    Config = DalnetConfig
+    samples_key = "images"
+    samples_noun = "labelled images"
+    cfg: DalnetConfig
+    model: DALNet
 
-def _checkpoint(model: DALNet, class_names: list[str], opt: torch.optim.Optimizer, cfg: TrainConfig,
-                iteration: int, seconds: float) -> dict[str, Any]:
-    return make_checkpoint(
-        KIND, model.model_config(), class_names, model.state_dict(), iteration=iteration, max_iter=cfg.iters,
-        optimizer=opt.state_dict(), rng=rng_state(), train_config=cfg.to_json(), seconds=seconds,
-        normalization={"mean": list(model.mean_std[0]), "std": list(model.mean_std[1])},
-    )
+    def __init__(self, cfg: DalnetConfig, device: torch.device | str = "cpu", inputs: MethodInputs | None = None, *,
+                 model: DALNet | None = None,
+                 samples: tuple[Sequence[np.ndarray | Path], np.ndarray] | None = None) -> None:  # fmt: skip
+        super().__init__(cfg, device, inputs)
+        self._model, self._samples = model, samples
+
+    def setup(self, ckpt: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        self.iters = cfg.iters
+        self.weights = None
+        if self._samples is not None:
+            self.images, self.multi_hot = list(self._samples[0]), np.asarray(self._samples[1], np.float32)
+            self.image_labels: dict[str, list[int]] = {}
+        else:
+            self.image_labels = self.training_labels(ckpt)
+            keys, self.images = labelled_paths(cfg.images, self.image_labels)
+            self.multi_hot = np.zeros((len(keys), len(cfg.class_names)), np.float32)
+            for row, key in enumerate(keys):
+                self.multi_hot[row, [v - 1 for v in self.image_labels[key]]] = 1.0
+            self.image_labels = {k: self.image_labels[k] for k in keys}
+        if self._model is not None:
+            self.model = self._model
+        else:
+            clip, self.weights = self.frozen_clip(ckpt)
+            clip.requires_grad_(False)
+            prompts = cfg.class_prompts or list(cfg.class_names)
+            text_fg, text_bg = text_embeddings(clip, prompts, self.device)
+            seed_everything(cfg.seed)
+            if self.inputs.backbone is not None:
+                vit = self.inputs.backbone
+            elif cfg.backbone == "clip":
+                vit = clip.visual.float().requires_grad_(True)
+            else:
+                vit = build_backbone(cfg.backbone, None, self.device)
+            self.model = DALNet(vit, text_fg, text_bg, backbone_spec=cfg.backbone, inter_block=cfg.inter_block or None,
+                                proj_dim=cfg.proj_dim, beta=cfg.beta)  # fmt: skip
+        if cfg.crop % self.model.backbone.patch_size:
+            raise ConfigError(f"--crop {cfg.crop} is not a multiple of the patch size {self.model.backbone.patch_size}")
+        if ckpt is not None:
+            try:
+                self.model.load_state_dict(ckpt["model"])
+            except RuntimeError as exc:
+                raise ConfigError(f"--resume: checkpoint weights do not fit ({str(exc).splitlines()[0][:160]})") from None
+        self.model.to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    @property
+    def samples(self) -> int:
+        return len(self.images)
+
+    def describe(self) -> str:
+        m = self.model
+        params = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        text = f", text from {Path(self.weights.path).name}" if self.weights is not None else ""
+        return (f"dalnet on {self.device}: {len(self.images)} labelled images, {len(self.cfg.class_names)} classes, "
+                f"backbone {self.cfg.backbone} ({len(m.backbone.blocks)} blocks, intermediate CAM at block "
+                f"{m.inter_block}), {params / 1e6:.2f}M trainable parameters{text}")  # fmt: skip
+
+    def batches(self, start: int) -> Iterable[Any]:
+        mean, std = self.model.mean_std
+        for iteration in range(start, self.iters):
+            try:
+                x, y = make_batch(self.cfg, self.images, self.multi_hot, iteration, mean, std)
+            except ImageError as exc:
+                raise ConfigError(str(exc)) from None
+            yield {"image": x, "labels": y}
+
+    def schedule(self, iteration: int) -> dict[str, Any]:
+        lr = lr_at(self.cfg, iteration)
+        set_lr(self.optimizer, lr)
+        return {"lr": lr}
+
+    def loss(self, batch: Mapping[str, Any], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch["image"].to(self.device), batch["labels"].to(self.device)
+        parts = self.model.losses(self.model(x), y, self.cfg.loss_weights)
+        total = parts.pop("loss")
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def oom_hint(self) -> str:
+        return f"--batch {self.cfg.batch} --crop {self.cfg.crop}"
+
+    def model_config(self) -> dict[str, Any]:
+        cfg = self.model.model_config()
+        if self.weights is not None:
+            cfg["clip_weights"] = clip_weights_record(self.weights)
+        return cfg
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        mean, std = self.model.mean_std
+        return {"normalization": {"mean": list(mean), "std": list(std)}, "image_labels": self.image_labels,
+                "images": len(self.images)}  # fmt: skip
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"images": len(self.images), "class_names": list(self.cfg.class_names)}
+
+    @classmethod
+    def load_predictor(cls, ckpt: dict[str, Any], device: torch.device, options: InferenceOptions) -> DALNetPredictor:
+        """``wsss-label predict`` on a ``cam.dalnet`` checkpoint (scales / flip from options;
+        background threshold ``options.bg_threshold`` when given, else 0.5; no CLIP needed)."""
+        return predictor_from_checkpoint(
+            ckpt, device, getattr(options, "scales", (1.0,)), bool(getattr(options, "flip", False)),
+            float(getattr(options, "bg_threshold", None) or 0.5),
+        )  # fmt: skip
 
 
 def train_dalnet(
-    model: DALNet, images: Sequence[np.ndarray | Path], labels: np.ndarray, class_names: list[str], cfg: TrainConfig,
+    model: DALNet, images: Sequence[np.ndarray | Path], labels: np.ndarray, class_names: list[str], cfg: DalnetConfig,
     device: torch.device, *, resume: bool = False,
     on_step: Callable[[int, float, float, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``images`` (uint8 RGB arrays or image paths, read per batch) with multi-hot ``labels`` (n, C); returns the
-    run summary (also written to ``run.json``). Ctrl-C saves ``last.pt`` and re-raises."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    model.to(device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, seconds = 0, 0.0
-    metrics_path = cfg.out / METRICS
-    if resume and (cfg.out / LAST).exists():
-        ck = read_checkpoint(cfg.out / LAST, "--resume")
-        if ck["kind"] != KIND:
-            raise ConfigError(f"--resume: {cfg.out / LAST} is a {ck['kind']} checkpoint, not {KIND}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        set_rng_state(ck["rng"])
-        start, seconds = int(ck["iteration"]), float(ck.get("seconds", 0.0))
-        if metrics_path.exists():
-            kept = [l for l in metrics_path.read_text().splitlines() if l.strip() and json.loads(l)["iteration"] <= start]
-            metrics_path.write_text("".join(k + "\n" for k in kept))
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    mean, std = model.mean_std
-    iteration, status, t0 = start, "running", time.perf_counter()
-
-    def save() -> None:
-        save_checkpoint(cfg.out / LAST, _checkpoint(model, class_names, opt, cfg, iteration, seconds + time.perf_counter() - t0))
-
-    try:
-        with metrics_path.open("a") as log:
-            while iteration < cfg.iters:
-                lr = lr_at(cfg, iteration)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x, y = make_batch(cfg, images, labels, iteration, mean, std)
-                parts = model.losses(model(x.to(device)), y.to(device), cfg.loss_weights)
-                opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                opt.step()
-                iteration += 1
-                row = {"iteration": iteration, "lr": lr, **{k: round(float(v.detach()), 6) for k, v in parts.items()}}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                if on_step is not None:
-                    on_step(iteration, row["loss"], lr, (iteration - start) / max(time.perf_counter() - t0, 1e-9))
-                if cfg.save_every and iteration % cfg.save_every == 0 and iteration < cfg.iters:
-                    save()
-        status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        save()
-        elapsed = seconds + time.perf_counter() - t0
-        summary = {"kind": KIND, "status": status, "iteration": iteration, "max_iter": cfg.iters,
-                   "seconds": round(elapsed, 3), "class_names": class_names, "train_config": cfg.to_json(),
-                   "model_config": model.model_config(), "checkpoint": str(cfg.out / LAST)}
-        write_json(cfg.out / RUN, summary)
-    return summary
+    """Train ``model`` on ``images`` (uint8 RGB arrays or image paths, read per batch) with multi-hot
+    ``labels`` (n, C) through the training engine; returns the run summary (also in ``run.json``)."""
+    cfg.class_names = list(class_names)
+    reporter = QuietReporter()
+    if on_step is not None:
+        reporter.step = on_step  # type: ignore[method-assign]
+    method = Dalnet(cfg, device, model=model, samples=(images, labels))
+    return Trainer(method, resume=resume, reporter=reporter).run()
 
 
 # -- prediction ----------------------------------------------------------------------------------
@@ -437,12 +518,3 @@ def predictor_from_checkpoint(ckpt: Mapping[str, Any], device: torch.device, sca
     norm = ckpt.get("normalization") or {}
     mean, std = tuple(norm.get("mean", model.mean_std[0])), tuple(norm.get("std", model.mean_std[1]))
     return DALNetPredictor(model, list(ckpt["class_names"]), mean, std, device, tuple(scales), flip, bg_threshold)
-
-
-def load_predictor(ckpt: dict[str, Any], device: torch.device, options: Any) -> DALNetPredictor:
-    """Entry point of ``wsss-label predict`` for ``cam.dalnet`` checkpoints (scales / flip from options;
-    background threshold ``options.bg_threshold`` when present, else 0.5)."""
-    return predictor_from_checkpoint(
-        ckpt, device, getattr(options, "scales", (1.0,)), bool(getattr(options, "flip", False)),
-        float(getattr(options, "bg_threshold", None) or 0.5),
-    )

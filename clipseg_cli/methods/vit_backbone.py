@@ -1,8 +1,8 @@
-"""Shared ViT backbone for the learned CAM generators (DALNet, ViT-PCM), in plain torch.
+"""Shared ViT backbone of the learned CAM generators (DALNet, ViT-PCM), in plain torch.
 
 API (small and stable; both backbones share it):
 
-- :func:`build_backbone` ``(spec, clip_weights, device)``: ``spec="clip"`` is the image tower of our
+- :func:`build_backbone` ``(spec, clip_weights, device, load_clip=None)``: ``spec="clip"`` is the image tower of our
   CLIP (``clipseg_cli.clip.model.VisionTransformer``, weights resolved like the main command);
   any other ``spec`` is a FILE holding an ImageNet ViT state dict in timm's layout, loaded into
   :class:`TimmViT` (GELU, biased patch embedding, no ln_pre, LayerNorm eps 1e-6).
@@ -20,12 +20,14 @@ positional embeddings interpolated to the image's patch grid), ``blocks`` (each 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipseg_cli.clip.model import interpolate_positional_embedding
+from clipseg_cli.errors import ConfigError
 
 __all__ = ["TimmViT", "build_backbone", "tiny_vit", "forward_tokens", "patch_tokens", "vit_width"]
 
@@ -142,20 +144,33 @@ def vit_width(vit: nn.Module) -> int:
     return vit.width if isinstance(vit, TimmViT) else _clip_width(vit)
 
 
-def build_backbone(spec: str, clip_weights: Path | None, device: torch.device) -> nn.Module:
-    """``"clip"``: our CLIP's image tower (float32, trainable); otherwise a timm ViT state-dict FILE."""
+def build_backbone(
+    spec: str,
+    clip_weights: Path | None,
+    device: torch.device,
+    load_clip: Callable[[Path | None, torch.device], tuple[Any, Any]] | None = None,
+) -> nn.Module:
+    """``"clip"``: our CLIP's image tower (float32, trainable), loaded by ``load_clip(weights, device)
+    -> (CLIP, resolved weights)`` (default: resolved as for labelling, no progress display);
+    otherwise a timm ViT state-dict FILE. ConfigError (one line) when it cannot be used."""
     if spec == "clip":
-        from clipseg_cli.cli.common import load_clip_model
-
-        model, _ = load_clip_model(clip_weights, device)
+        if load_clip is None:
+            from clipseg_cli.methods.base import load_clip_resolved as load_clip
+        model, _ = load_clip(clip_weights, device)
         vit = model.visual.float()
     else:
-        state = torch.load(Path(spec), map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        vit = TimmViT.from_state_dict(state)
+        if not Path(spec).is_file():
+            raise ConfigError(f"--backbone {spec}: neither 'clip' nor a file")
+        try:
+            state = torch.load(Path(spec), map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+                state = state["model"]
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+            vit = TimmViT.from_state_dict(state)
+        except Exception as exc:  # unpickling, zip, key and shape errors all mean "not a usable ViT file"
+            text = str(exc).strip().splitlines()
+            raise ConfigError(f"--backbone {spec}: {text[0][:160] if text else type(exc).__name__}") from None
     vit = vit.to(device)
     vit.requires_grad_(True)
     return vit

@@ -33,8 +33,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,49 +43,35 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from clipseg_cli import __version__
 from clipseg_cli.cam.preprocess import CLIP_MEAN, CLIP_STD
-from clipseg_cli.cam_generators import generator_kind
+from clipseg_cli.data.images import read_rgb
+from clipseg_cli.data.labels import ImageLabels, saved_image_labels
 from clipseg_cli.errors import ConfigError, ImageError
-from clipseg_cli.io.atomic import remove_stale_parts, write_json
+from clipseg_cli.inference import InferenceOptions
+from clipseg_cli.methods import register
+from clipseg_cli.methods.base import (
+    LearnedMethod,
+    checkpoint_clip,
+    clip_weights_record,
+    labelled_paths,
+    model_mismatch,
+    weights_setting,
+)
 from clipseg_cli.segmentation.augment import train_augment
-from clipseg_cli.segmentation.checkpoint import (
-    make_checkpoint,
-    read_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from clipseg_cli.segmentation.dataset import TrainBatches, list_images, read_rgb
 from clipseg_cli.segmentation.deeplab import IMAGENET_NORM, Normalization
-from clipseg_cli.segmentation.predict import InferenceOptions
 from clipseg_cli.segmentation.resnet import ResNet
-from clipseg_cli.segmentation.schedule import set_lr
-from clipseg_cli.segmentation.train import (
-    CURVE,
-    LAST,
-    METRICS,
-    RUN,
-    QuietReporter,
-    Reporter,
-    RunState,
-    out_of_memory_message,
-    peak_memory,
-    seed_everything,
-    truncate_jsonl,
-    worker_init,
-    write_loss_curve,
-)
+from clipseg_cli.training.config import RunConfig, setting
+from clipseg_cli.training.data import resolve_workers, seed_everything, stream_loader
+from clipseg_cli.training.run import LAST
+from clipseg_cli.training.schedules import cosine_lr, set_lr
 
 if TYPE_CHECKING:
     from clipseg_cli.clip.model import CLIP, VisionTransformer
-    from clipseg_cli.clip.pretrained import ResolvedWeights
-    from clipseg_cli.data.labels import LabelIndex
 
 METHOD = "clims"
-KIND = generator_kind(METHOD)
+KIND = "cam.clims"
 ARCHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 OBJECT_TEMPLATE = "a photo of {}."
 BACKGROUND_FILE = "clims-background.json"
@@ -103,8 +89,6 @@ OPTIONS: dict[str, Any] = {
     "clip_size": 0,  # CLIP input side; 0: the checkpoint's image_resolution (224 for ViT-B/16)
     "bg_threshold": 0.15,  # predict: background score against max-normalised CAMs
 }
-
-ImageLabels = dict[str, list[int]]
 
 
 # -- data files ----------------------------------------------------------------------------------
@@ -321,276 +305,156 @@ class ClimsDataset(Dataset):
         }
 
 
-def labelled_images(index: LabelIndex, images: Path, class_names: Sequence[str]) -> ImageLabels:
-    from clipseg_cli.refiners.base import labels_for_images
-
-    return labels_for_images(index, images, class_names)
-
-
 # -- training ------------------------------------------------------------------------------------
-@dataclass
-class ClimsConfig:
-    images: Path
-    out: Path
-    class_names: list[str]
-    arch: str = "resnet50"
-    init: Path | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    iters: int = 6615  # 10 epochs of VOC train_aug (10,582 images) at batch 16
-    batch: int = 16
-    crop: int = 512
-    scales: tuple[float, ...] = (0.7, 0.85, 1.0, 1.15, 1.3)
-    lr: float = 2.5e-4
-    seed: int = 0
-    save_every: int = 500
-    workers: int = 0
+@dataclass(kw_only=True)
+class ClimsConfig(RunConfig):
+    """Everything ``train-cam clims`` is asked for; the defining fields fix the run."""
 
-    DEFINING = ("class_names", "arch", "iters", "batch", "crop", "scales", "lr", "seed")
+    arch: str = setting("resnet50", "CAM backbone: resnet50 (paper) | resnet101 | resnet34 | resnet18.",
+                        choices=tuple(ARCHS))  # fmt: skip
+    init: Path | None = setting(None, "Backbone init: a torchvision-layout ResNet file (e.g. resnet50-*.pth); default random.",
+                                defining=False, metavar="FILE")  # fmt: skip
+    weights: Path | None = weights_setting()
+    iters: int = setting(6615, "Training iterations (default: 10 epochs of VOC train_aug at batch 16).", minimum=1)
+    batch: int = setting(16, "Images per training iteration.", flags=("--batch-size",), minimum=1)
+    crop: int = setting(512, "Square training crop in pixels.", minimum=32)
+    scales: tuple[float, ...] = setting((0.7, 0.85, 1.0, 1.15, 1.3), "Random rescaling factors, one drawn per image.",
+                                        cli_default="0.7,0.85,1,1.15,1.3", metavar="S,S,...")  # fmt: skip
+    lr: float = setting(2.5e-4, "SGD learning rate (1x1 head at 10x), cosine annealing to 0.", positive=True)
+    alpha: float = setting(OPTIONS["alpha"], "Weight of L_OTM (eq. 6).")
+    beta: float = setting(OPTIONS["beta"], "Weight of L_BTM (eq. 8).")
+    gamma: float = setting(OPTIONS["gamma"], "Weight of L_CBS (eq. 10).")
+    delta: float = setting(OPTIONS["delta"], "Weight of L_REG (eq. 12).")
+    reduction: str = setting(OPTIONS["reduction"], "mean: over positive (image, class) pairs, as the authors' code; "
+                             "sum: eqs. 6/8/10 literally, per image.", choices=("mean", "sum"))  # fmt: skip
+    clip_size: int = setting(OPTIONS["clip_size"], "Side CLIP sees the masked images at (0: the checkpoint's, 224).",
+                             minimum=0)  # fmt: skip
+    bg_threshold: float = setting(OPTIONS["bg_threshold"],
+                                  "Background score against max-normalised CAMs, used by predict.")  # fmt: skip
+    save_every: int = setting(500, "Write last.pt every N iterations.", minimum=1, defining=False)
 
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-    def flat(self) -> dict[str, Any]:
-        d = self.to_json()
-        return {**d, **d["options"]}
-
-    def apply_saved(self, saved: Mapping[str, Any]) -> None:
-        self.class_names = list(saved["class_names"])
-        self.arch = str(saved["arch"])
-        self.init = Path(saved["init"]) if saved.get("init") else None
-        self.options = dict(saved["options"])
-        self.iters, self.batch, self.crop = int(saved["iters"]), int(saved["batch"]), int(saved["crop"])
-        self.scales = tuple(float(s) for s in saved["scales"])
-        self.lr, self.seed = float(saved["lr"]), int(saved["seed"])
+    def options(self) -> dict[str, Any]:
+        """The loss weights and evaluator settings (saved in the checkpoint's model_config)."""
+        return {name: getattr(self, name) for name in OPTIONS}
 
 
-def cosine_lr(base_lr: float, iteration: int, iters: int) -> float:
-    """Cosine annealing from ``base_lr`` to 0 over ``iters``."""
-    frac = min(max(iteration, 0), iters) / max(iters, 1)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+@register
+class Clims(LearnedMethod):
+    name = METHOD
+    family = "cam"
+    kind = KIND
+    summary = (
+        "CLIMS (CVPR 2022): train a ResNet CAM network (sigmoid maps, no pooling) with a frozen CLIP as "
+        "text-driven evaluator (OTM, BTM, CBS, REG losses); predict its masks with "
+        "`wsss-label predict --checkpoint RUN/last.pt --labels LABELS`."
+    )
+    Config = ClimsConfig
+    samples_key = "images"
+    samples_noun = "labelled images"
+    cfg: ClimsConfig
+    model: CAMNet
 
-
-def load_clims_resume(out: Path) -> dict[str, Any] | None:
-    last = Path(out) / LAST
-    if not last.exists():
-        return None
-    ckpt = read_checkpoint(last, "--resume")
-    if ckpt.get("kind") != KIND or "optimizer" not in ckpt or "train_config" not in ckpt:
-        raise ConfigError(f"--resume: {last} is not a training checkpoint of train-cam clims")
-    return ckpt
-
-
-class ClimsTrainer:
-    """One run of ``train-cam clims``; ``labels`` None on --resume means the run's saved labels."""
-
-    def __init__(self, cfg: ClimsConfig, clip: CLIP, weights: ResolvedWeights, device: torch.device,
-                 labels: LabelIndex | None, *, resume: bool = False, reporter: Reporter | None = None) -> None:  # fmt: skip
-        from clipseg_cli.refiners.base import check_clip_weights
-
-        self.cfg, self.device, self.weights = cfg, device, weights
-        self.reporter = reporter or QuietReporter()
-        self.state = RunState()
-        out = cfg.out
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} is a file, not a folder")
-        ckpt = None
-        if (out / LAST).exists():
-            if not resume:
-                raise ConfigError(f"{out} already holds a training run ({LAST}); pass --resume or choose another --out")
-            ckpt = load_clims_resume(out)
-            assert ckpt is not None
-            cfg.apply_saved(ckpt["train_config"])
-            check_clip_weights(ckpt["model_config"], weights, f"the run in {out}")
-        elif resume:
-            self.reporter.message(f"nothing to resume in {out}: starting a new run")
-        if cfg.crop < 32:
-            raise ConfigError(f"--crop must be at least 32, got {cfg.crop}")
-        unknown = sorted(set(cfg.options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"{', '.join(unknown)}: not a setting of clims")
-        cfg.options = {**OPTIONS, **cfg.options}
-        if labels is None:
-            if ckpt is None:
-                raise ConfigError("give --labels FILE or --annotations DIR")
-            self.image_labels: ImageLabels = {k: list(v) for k, v in ckpt.get("image_labels", {}).items()}
-        else:
-            self.image_labels = labelled_images(labels, cfg.images, cfg.class_names)
-        found = list_images(cfg.images)
-        self.keys = [k for k in found if k in self.image_labels]
-        if not self.keys:
-            raise ConfigError(f"no image in {cfg.images} has labels")
-        self.paths = [found[k] for k in self.keys]
+    def setup(self, ckpt: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        if cfg.init is not None and not Path(cfg.init).is_file():
+            raise ConfigError(f"--init {cfg.init}: no such file")
+        self.image_labels = self.training_labels(ckpt)
+        self.keys, self.paths = labelled_paths(cfg.images, self.image_labels)
+        self.clip, self.weights = self.frozen_clip(ckpt)
         self.bg_prompts = background_prompts(cfg.class_names)
+        self.iters = cfg.iters
         seed_everything(cfg.seed)
-        self.net, self.norm, self.init_note = build_camnet(cfg.arch, len(cfg.class_names), cfg.init if ckpt is None else None)
+        self.model, self.norm, self.init_note = build_camnet(cfg.arch, len(cfg.class_names),
+                                                             cfg.init if ckpt is None else None)  # fmt: skip
         if ckpt is not None:
             self.norm = Normalization.from_dict(ckpt["model_config"]["normalization"])
-            self.net = CAMNet(ARCHS[cfg.arch], len(cfg.class_names), ckpt["model_config"].get("style", "pytorch"))
-            self.net.load_state_dict(ckpt["model"], strict=True)
+            self.model = CAMNet(ARCHS[cfg.arch], len(cfg.class_names), ckpt["model_config"].get("style", "pytorch"))
+            self.model.load_state_dict(ckpt["model"], strict=True)
             self.init_note = f"resumed from {LAST} (iteration {int(ckpt['iteration'])})"
-        self.net.to(device)
-        self.evaluator = ClimsEvaluator(clip, cfg.class_names, self.bg_prompts, int(cfg.options["clip_size"])).to(device)
-        self.optimizer = self._optimizer()
-        if ckpt is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            set_rng_state(ckpt["rng"])
-            self.state.iteration = int(ckpt["iteration"])
-            self.state.seconds = float(ckpt.get("seconds", 0.0))
-            self.state.last_saved = self.state.iteration
-            self.reporter.message(f"resuming {out} at iteration {self.state.iteration} of {cfg.iters}")
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_parts(out)
-        truncate_jsonl(out / METRICS, self.state.iteration)
-
-    def _optimizer(self) -> torch.optim.SGD:
+        self.model.to(self.device)
+        self.evaluator = ClimsEvaluator(self.clip, cfg.class_names, self.bg_prompts, int(cfg.clip_size)).to(self.device)
         groups = [
-            {"params": list(self.net.backbone.parameters()), "lr_mult": 1.0},
-            {"params": list(self.net.classifier.parameters()), "lr_mult": HEAD_LR_MULT},
+            {"params": list(self.model.backbone.parameters()), "lr_mult": 1.0},
+            {"params": list(self.model.classifier.parameters()), "lr_mult": HEAD_LR_MULT},
         ]
         for g in groups:
-            g["lr"] = self.cfg.lr * g["lr_mult"]
-        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+            g["lr"] = cfg.lr * g["lr_mult"]
+        self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+    @property
+    def samples(self) -> int:
+        return len(self.keys)
+
+    def describe(self) -> str:
+        return (f"clims {self.cfg.arch} on {self.device}: {len(self.keys)} labelled images, "
+                f"{len(self.cfg.class_names)} classes, frozen CLIP {Path(self.weights.path).name}; init: {self.init_note}")  # fmt: skip
+
+    def batches(self, start: int) -> Iterable[Any]:
+        cfg = self.cfg
+        labels = [self.image_labels[k] for k in self.keys]
+        dataset = ClimsDataset(self.paths, labels, len(cfg.class_names), self.norm, cfg.scales, cfg.crop, cfg.seed)
+        return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device),
+                             self.device)  # fmt: skip
+
+    def schedule(self, iteration: int) -> dict[str, Any]:
+        lr = cosine_lr(self.cfg.lr, iteration, self.iters)
+        set_lr(self.optimizer, lr)
+        return {"lr": lr}
+
+    def loss(self, batch: Mapping[str, Any], iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        rgb = batch["rgb"].to(self.device, non_blocking=True)
+        y = batch["labels"].to(self.device)
+        cams = self.model(images).float()
+        sims = self.evaluator.similarities(rgb, cams, y)
+        return clims_loss(sims, cams, y, self.evaluator.bg_valid, self.cfg.options())
+
+    def oom_hint(self) -> str:
+        return f"--batch {self.cfg.batch} --crop {self.cfg.crop}"
 
     def model_config(self) -> dict[str, Any]:
         return {
             "method": METHOD,
             "arch": self.cfg.arch,
-            "style": self.net.backbone.style,
+            "style": self.model.backbone.style,
             "num_classes": len(self.cfg.class_names),
             "normalization": self.norm.to_dict(),
-            "options": dict(self.cfg.options),
+            "options": self.cfg.options(),
             "bg_prompts": self.bg_prompts,
             "object_template": OBJECT_TEMPLATE,
-            "clip_weights": {"path": str(Path(self.weights.path).resolve()), "sha256": self.weights.sha256},
+            "clip_weights": clip_weights_record(self.weights),
         }
 
-    def save(self) -> None:
-        st, cfg = self.state, self.cfg
-        save_checkpoint(
-            cfg.out / LAST,
-            make_checkpoint(
-                KIND, self.model_config(), cfg.class_names, self.net.state_dict(),
-                iteration=st.iteration, max_iter=cfg.iters,
-                image_labels={k: self.image_labels[k] for k in self.keys},
-                optimizer=self.optimizer.state_dict(), rng=rng_state(), train_config=cfg.to_json(),
-                seconds=st.seconds,
-            ),
-        )  # fmt: skip
-        st.last_saved = st.iteration
-        self.write_summary()
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"image_labels": {k: self.image_labels[k] for k in self.keys}, "images": len(self.keys)}
 
-    def write_summary(self) -> dict[str, Any]:
-        st, cfg = self.state, self.cfg
-        ran = st.iteration - st.session_start_iter
-        summary = {
-            "command": "train-cam clims",
-            "wsss_label": __version__,
-            "torch": torch.__version__,
-            "status": st.status,
-            "kind": KIND,
-            "model_config": self.model_config(),
-            "init": self.init_note,
-            "config": cfg.to_json(),
-            "images": len(self.keys),
-            "device": str(self.device),
-            "iteration": st.iteration,
-            "max_iter": cfg.iters,
-            "seconds": round(st.seconds, 3),
-            "this_session": {
-                "iterations": ran,
-                "seconds": round(st.session_seconds, 3),
-                "seconds_per_iteration": round(st.session_seconds / ran, 4) if ran else None,
-            },
-            "final_loss": round(float(np.mean(st.losses[-20:])), 6) if st.losses else None,
-            "final_loss_parts": {k: round(v, 6) for k, v in getattr(self, "_parts", {}).items()},
-            "peak_memory": peak_memory(self.device),
-            "files": {"last": LAST, "metrics": METRICS, "curve": CURVE},
-        }
-        write_json(cfg.out / RUN, summary)
-        return summary
+    def summary_extra(self) -> dict[str, Any]:
+        return {"init": self.init_note, "images": len(self.keys)}
 
-    def _loader(self) -> DataLoader:
-        cfg = self.cfg
-        dataset = ClimsDataset(
-            self.paths, [self.image_labels[k] for k in self.keys], len(cfg.class_names), self.norm, cfg.scales,
-            cfg.crop, cfg.seed,
-        )  # fmt: skip
-        sampler = TrainBatches(len(self.paths), cfg.batch, cfg.seed, self.state.iteration, cfg.iters)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
-                          pin_memory=self.device.type == "cuda", worker_init_fn=worker_init if cfg.workers > 0 else None)  # fmt: skip
-
-    def step(self, batch: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
-        images = batch["image"].to(self.device, non_blocking=True)
-        rgb = batch["rgb"].to(self.device, non_blocking=True)
-        y = batch["labels"].to(self.device)
-        cams = self.net(images)
-        sims = self.evaluator.similarities(rgb, cams, y)
-        loss, parts = clims_loss(sims, cams, y, self.evaluator.bg_valid, self.cfg.options)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(value)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return value, parts
-
-    def run(self) -> dict[str, Any]:
-        """Train to ``--iters``; Ctrl-C saves last.pt, then re-raises."""
-        cfg, st = self.cfg, self.state
-        st.session_start_iter = st.iteration
-        self.reporter.start(st.iteration, cfg.iters)
-        self.net.train()
-        started, base_seconds, diverged = time.perf_counter(), st.seconds, False
+    @classmethod
+    def load_predictor(cls, ckpt: dict[str, Any], device: torch.device, options: InferenceOptions) -> ClimsPredictor:
+        """``wsss-label predict`` on a ``cam.clims`` checkpoint (CLIP is needed only for ``--caa``)."""
+        cfg = ckpt["model_config"]
         try:
-            with open(cfg.out / METRICS, "a") as metrics:
-                for batch in self._loader():
-                    errors = [e for e in batch["error"] if e]
-                    if errors:
-                        raise ConfigError(errors[0])
-                    lr = cosine_lr(cfg.lr, st.iteration, cfg.iters)
-                    set_lr(self.optimizer, lr)
-                    try:
-                        value, parts = self.step(batch)
-                    except FloatingPointError as exc:
-                        diverged = True
-                        raise ConfigError(f"the loss became {exc} at iteration {st.iteration + 1}; lower --lr") from None
-                    st.iteration += 1
-                    st.session_seconds = time.perf_counter() - started
-                    st.seconds = base_seconds + st.session_seconds
-                    st.losses.append(value)
-                    self._parts = parts
-                    row = {"iteration": st.iteration, "loss": value, **parts, "lr": lr, "seconds": round(st.seconds, 3)}
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
-                    ran = st.iteration - st.session_start_iter
-                    self.reporter.step(st.iteration, value, lr, ran / max(st.session_seconds, 1e-9))
-                    if st.iteration % cfg.save_every == 0 or st.iteration == cfg.iters:
-                        if st.iteration == cfg.iters:
-                            st.status = "finished"
-                        self.save()
-        except (KeyboardInterrupt, ConfigError) as exc:
-            st.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            if st.iteration > st.last_saved and not diverged:
-                self.save()
-                self.reporter.message(f"saved {cfg.out / LAST} at iteration {st.iteration}; rerun with --resume to continue")
-            write_loss_curve(cfg.out / METRICS, cfg.out / CURVE)
-            raise
-        except RuntimeError as exc:
-            message = out_of_memory_message(exc, self.device)
-            if message is None:
-                raise
-            raise ConfigError(f"{message} at --batch {cfg.batch} --crop {cfg.crop}; lower them") from None
-        if st.last_saved != st.iteration:
-            self.save()
-        st.status = "finished"
-        write_loss_curve(cfg.out / METRICS, cfg.out / CURVE)
-        return self.write_summary()
+            net = CAMNet(ARCHS[cfg["arch"]], int(cfg["num_classes"]), cfg.get("style", "pytorch"))
+            net.load_state_dict(ckpt["model"], strict=True)
+            norm = Normalization.from_dict(cfg["normalization"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise model_mismatch(exc) from None
+        threshold = getattr(options, "bg_threshold", None)
+        if threshold is None:
+            threshold = float(cfg.get("options", {}).get("bg_threshold", OPTIONS["bg_threshold"]))
+        labels = saved_image_labels(ckpt.get("image_labels"))
+        clip, lam = None, None
+        if getattr(options, "caa", False):  # predict --caa: CAA on the CLIP the run was trained with
+            clip, _ = checkpoint_clip(ckpt, device)
+            lam = float(getattr(options, "caa_lam", None) or CAA_LAMBDA)
+        return ClimsPredictor(net, norm, list(ckpt["class_names"]), device, options, threshold, labels, clip, lam)
 
 
 # -- prediction ----------------------------------------------------------------------------------
 class ClimsPredictor:
-    """A trained CAM network as a :class:`clipseg_cli.segmentation.predict.Predictor`."""
+    """A trained CAM network as a :class:`clipseg_cli.inference.Predictor`."""
 
     def __init__(self, net: CAMNet, norm: Normalization, class_names: list[str], device: torch.device,
                  options: InferenceOptions, bg_threshold: float, labels: ImageLabels,
@@ -662,29 +526,3 @@ class ClimsPredictor:
             for v in values:
                 probs[v] = cams[v - 1]
         return probs / probs.sum(axis=0, keepdims=True).clip(min=1e-8)
-
-
-def load_predictor(ckpt: dict[str, Any], device: torch.device, options: InferenceOptions) -> ClimsPredictor:
-    """``wsss-label predict`` on a ``cam.clims`` checkpoint (CLIP is not needed to predict)."""
-    cfg = ckpt["model_config"]
-    try:
-        net = CAMNet(ARCHS[cfg["arch"]], int(cfg["num_classes"]), cfg.get("style", "pytorch"))
-        net.load_state_dict(ckpt["model"], strict=True)
-        norm = Normalization.from_dict(cfg["normalization"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise ConfigError(f"checkpoint does not match its model_config ({str(exc).splitlines()[0][:160]})") from None
-    threshold = getattr(options, "bg_threshold", None)
-    if threshold is None:
-        threshold = float(cfg.get("options", {}).get("bg_threshold", OPTIONS["bg_threshold"]))
-    labels = {str(k): [int(v) for v in vals] for k, vals in (ckpt.get("image_labels") or {}).items()}
-    clip, lam = None, None
-    if getattr(options, "caa", False):  # predict --caa: CAA on the CLIP the run was trained with
-        from clipseg_cli.clip.loading import load_clip
-        from clipseg_cli.clip.pretrained import resolve_weights
-        from clipseg_cli.refiners.base import check_clip_weights, recorded_weights
-
-        resolved = resolve_weights(recorded_weights(cfg))
-        check_clip_weights(cfg, resolved, "the checkpoint")
-        clip = load_clip(resolved.path, device)
-        lam = float(getattr(options, "caa_lam", None) or CAA_LAMBDA)
-    return ClimsPredictor(net, norm, list(ckpt["class_names"]), device, options, threshold, labels, clip, lam)

@@ -17,7 +17,7 @@ class set's prompts, so the decoder's scores are (background, classes...).
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -27,8 +27,10 @@ from torch import nn
 from clipseg_cli.clip.model import CLIP
 from clipseg_cli.clip.tokenizer import tokenize
 from clipseg_cli.errors import ConfigError
-from clipseg_cli.refiners.base import RefinerModel
-from clipseg_cli.refiners.losses import balanced_seed_loss, boundary_loss, crf_targets, seeds_at
+from clipseg_cli.methods import register
+from clipseg_cli.methods.refiner import RefinerConfig, RefinerMethod, RefinerModel
+from clipseg_cli.methods.weakclip_losses import balanced_seed_loss, boundary_loss, crf_targets, seeds_at
+from clipseg_cli.training.config import setting
 
 BACKGROUND_TEXT = "background"
 N_STAGES = 4
@@ -200,7 +202,6 @@ class WeakCLIP(RefinerModel):
     """The WeakCLIP network on a frozen CLIP (registered as ``self.clip``, never trained nor saved)."""
 
     method: ClassVar[str] = "weakclip"
-    OPTIONS: ClassVar[dict[str, Any]] = {"context": 8, "decoder_dim": 256}
     crop_multiple: ClassVar[int] = 32
 
     def __init__(
@@ -319,3 +320,21 @@ class WeakCLIP(RefinerModel):
         psi = crf_targets(log_probs.detach().exp().cpu().numpy(), batch["rgb"].numpy(), labels.numpy())
         boundary = boundary_loss(log_probs, torch.from_numpy(psi))
         return seed + boundary, {"seed_loss": float(seed.detach()), "boundary_loss": float(boundary.detach())}
+
+
+@dataclass(kw_only=True)
+class WeakClipConfig(RefinerConfig):
+    context: int = setting(8, "Learnable context vectors before each class's tokens.", minimum=1)
+    decoder_dim: int = setting(256, "Channels of the text-guided decoder.", minimum=1)
+
+
+@register
+class WeakClipRefiner(RefinerMethod):
+    name = "weakclip"
+    kind = "refiner.weakclip"
+    summary = (
+        "WeakCLIP: frozen CLIP, learnable prompt, pyramid adapter, co-attention matching, text-guided decoder, "
+        "trained with the balanced seeding and boundary losses."
+    )
+    Config = WeakClipConfig
+    Model = WeakCLIP

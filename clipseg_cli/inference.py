@@ -1,13 +1,12 @@
-"""Inference from checkpoints: multi-scale + flip softmax averaging, optional dense CRF, masks out.
+"""Masks from any learned checkpoint: the predictor contract, multi-scale + flip softmax averaging,
+optional dense CRF, WeakCLIP's eq. 14, and the folder loop of ``wsss-label predict``.
 
-``predict`` dispatches on the checkpoint's ``kind`` through :data:`PREDICTORS`; a new network
-family (CAM networks, refiners) adds one entry with :func:`register_predictor`. The learned refiners
-of ``wsss-label refine`` (:mod:`clipseg_cli.refiners`) add theirs from their registry.
+:func:`load_predictor` reads a checkpoint and hands it to the method registered for its ``kind``
+(:mod:`clipseg_cli.methods`); every method's ``load_predictor`` returns a :class:`Predictor`.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,10 @@ from clipseg_cli.data.labels import LabelIndex
 from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.io.atomic import write_json
 from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
-from clipseg_cli.cam_generators import predictor_entries as cam_generator_entries
-from clipseg_cli.refiners import predictor_entries as refiner_entries
+from clipseg_cli.data.images import list_images, read_rgb
 from clipseg_cli.run_settings import Decisive, read_record, rerun_conflict
-from clipseg_cli.segmentation.checkpoint import read_checkpoint
-from clipseg_cli.segmentation.dataset import list_images, read_rgb
-from clipseg_cli.segmentation.deeplab import DeepLabV2, Normalization, build_deeplabv2, upsample_logits
+from clipseg_cli.segmentation.deeplab import Normalization, upsample_logits
+from clipseg_cli.training.checkpoint import read_checkpoint
 
 
 PREDICT_FILE = "predict.json"
@@ -85,23 +82,6 @@ class Predictor(Protocol):
 
 
 PredictorLoader = Callable[[dict[str, Any], torch.device, InferenceOptions], Predictor]
-# kind -> loader, or "package.module:function" imported on first use (so a new kind is one entry
-# here and its module is only imported when such a checkpoint is predicted with).
-PREDICTORS: dict[str, PredictorLoader | str] = {}
-
-
-PREDICTORS.update(refiner_entries())
-PREDICTORS.update(cam_generator_entries())
-
-
-def register_predictor(kind: str) -> Callable[[PredictorLoader], PredictorLoader]:
-    """Decorator: ``@register_predictor("kind")`` on a ``(checkpoint, device, options) -> Predictor``."""
-
-    def deco(fn: PredictorLoader) -> PredictorLoader:
-        PREDICTORS[kind] = fn
-        return fn
-
-    return deco
 
 
 @torch.no_grad()
@@ -134,54 +114,14 @@ def multiscale_probs(
     return (total / count).float().cpu().numpy()
 
 
-class DeepLabPredictor:
-    """A trained DeepLabV2 with its normalisation and test-time scales."""
-
-    def __init__(self, model: DeepLabV2, norm: Normalization, class_names: list[str], device: torch.device, options: InferenceOptions) -> None:
-        self.model = model.to(device).eval()
-        self.norm = norm
-        self.class_names = class_names
-        self.device = device
-        self.options = options
-
-    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
-        return multiscale_probs(self.model, self.norm, image, self.device, self.options.scales, self.options.flip)
-
-
-def build_from_checkpoint(ckpt: dict[str, Any]) -> tuple[DeepLabV2, Normalization]:
-    """Rebuild a DeepLabV2 from a checkpoint's ``model_config`` and load its weights (strict)."""
-    cfg = ckpt["model_config"]
-    try:
-        model = build_deeplabv2(cfg["arch"], int(cfg["num_classes"]), cfg.get("style", "pytorch"))
-        model.load_state_dict(ckpt["model"], strict=True)
-        norm = Normalization.from_dict(cfg["normalization"])
-    except ConfigError:
-        raise
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise ConfigError(f"checkpoint does not match its model_config ({str(exc).splitlines()[0][:160]})") from None
-    return model, norm
-
-
-@register_predictor("deeplabv2")
-def _load_deeplabv2(ckpt: dict[str, Any], device: torch.device, options: InferenceOptions) -> Predictor:
-    model, norm = build_from_checkpoint(ckpt)
-    return DeepLabPredictor(model, norm, list(ckpt["class_names"]), device, options)
-
-
 def load_predictor(path: Path, device: torch.device, options: InferenceOptions) -> Predictor:
-    """Read ``path`` and hand it to the loader registered for its ``kind``."""
+    """Read ``path`` and hand it to the method registered for its ``kind``."""
+    from clipseg_cli.methods import method_for_kind
+
     ckpt = read_checkpoint(path)
-    kind = ckpt["kind"]
-    loader = PREDICTORS.get(kind)
-    if loader is None:
-        raise ConfigError(
-            f"--checkpoint {path}: kind {kind!r} cannot be predicted with; known kinds: {', '.join(sorted(PREDICTORS))}"
-        )
-    if isinstance(loader, str):
-        module_name, _, attr = loader.partition(":")
-        loader = getattr(importlib.import_module(module_name), attr)
+    method = method_for_kind(str(ckpt["kind"]), f"--checkpoint {path}")
     try:
-        return loader(ckpt, device, options)
+        return method.load_predictor(ckpt, device, options)
     except ConfigError as exc:
         raise ConfigError(f"--checkpoint {path}: {exc}") from None
 
