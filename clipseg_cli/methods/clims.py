@@ -209,7 +209,7 @@ class ClimsEvaluator(nn.Module):
             t = self.text_obj[ki]
             s_oo = s_oo.index_put((bi, ki), (v_io * t).sum(-1))
             s_bo = s_bo.index_put((bi, ki), (v_ib * t).sum(-1))
-            s_ob = s_ob.index_put((bi, ki), torch.einsum("pd,pld->pl", v_io, self.text_bg[ki]))
+            s_ob = s_ob.index_put((bi, ki), torch.einsum("pd,pld->pl", v_io, self.text_bg[ki]).float())
         return {"s_oo": s_oo, "s_bo": s_bo, "s_ob": s_ob}
 
 
