@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from _timing import step_seconds
 
 from clipseg_cli.methods.dalnet import DALNet
 from clipseg_cli.methods.vit_backbone import TimmViT
@@ -43,18 +43,14 @@ def main() -> None:
     x = torch.randn(a.batch, 3, a.crop, a.crop, device=device)
     y = (torch.rand(a.batch, 20, device=device) < 0.15).float()
     y[:, 0] = 1
-    times = []
-    for _ in range(a.iters + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+
+    def step(_: int) -> None:
         loss = model.losses(model(x), y)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+
+    times = step_seconds(step, a.iters, device)
     timed = times[1:]
     print(json.dumps({
         "backbone": f"{a.backbone} ViT-B/16", "crop": a.crop, "batch": a.batch, "device": str(device),

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from _timing import step_seconds
 
 from clipseg_cli.methods.vit_backbone import TimmViT
 from clipseg_cli.methods.vitpcm import PatchClassMapper, vitpcm_loss
@@ -65,18 +65,14 @@ def main() -> None:
         (f"finetune_last_{args.unfreeze}", args.unfreeze),
     ):
         model.set_trainable_blocks(blocks)
-        times = []
-        for i in range(args.iters + 1):  # the first is a warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
+
+        def step(i: int) -> None:
             loss, _ = vitpcm_loss(model, images, targets, i)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
+
+        times = step_seconds(step, args.iters, device)
         steady = times[1:] or times
         result[phase] = {
             "seconds_per_iteration": round(sum(steady) / len(steady), 3),

@@ -18,6 +18,7 @@ them as JSON lines.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import sys
@@ -65,7 +66,7 @@ NAMES = ["red", "green", "blue"]
 
 def make_inputs(root: Path, size: str, images: int = 8) -> dict[str, Path]:
     """A synthetic dataset with labels, and a random CLIP (tiny, or ViT-B/16-shaped for ``base``)."""
-    from clipseg_cli.clip.model import CLIP, VIT_B_16_CONFIG, CLIPConfig
+    from clipseg_cli.clip.model import CLIP, VIT_B_16_CONFIG
     from clipseg_cli.io.masks import load_label_map
     from clipseg_cli.segmentation.synthetic import write_shapes_dataset
 
@@ -76,11 +77,9 @@ def make_inputs(root: Path, size: str, images: int = 8) -> dict[str, Path]:
         values = np.unique(load_label_map(p))
         labels[p.name] = [NAMES[v - 1] for v in values if 0 < v < 255] or [NAMES[0]]
     (root / "labels.json").write_text(json.dumps(labels))
+    config = VIT_B_16_CONFIG  # tiny: the same layout at small widths
     if size == "tiny":
-        config = CLIPConfig(embed_dim=32, image_resolution=224, vision_layers=12, vision_width=64, vision_patch_size=16,
-                            context_length=77, vocab_size=49408, text_width=32, text_heads=1, text_layers=2)  # fmt: skip
-    else:
-        config = VIT_B_16_CONFIG
+        config = dataclasses.replace(config, embed_dim=32, vision_width=64, text_width=32, text_heads=1, text_layers=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         state = {k: v.half() for k, v in CLIP(config).state_dict().items()}

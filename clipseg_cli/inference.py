@@ -84,6 +84,22 @@ class Predictor(Protocol):
 PredictorLoader = Callable[[dict[str, Any], torch.device, InferenceOptions], Predictor]
 
 
+class SoftmaxPredictor:
+    """A network giving class logits (background first) at any resolution, as a :class:`Predictor`:
+    the softmax averaged over ``options.scales`` (and flips) by :func:`multiscale_probs`."""
+
+    def __init__(self, model: torch.nn.Module, norm: Normalization, class_names: list[str], device: torch.device,
+                 options: InferenceOptions) -> None:  # fmt: skip
+        self.model = model.to(device).eval()
+        self.norm = norm
+        self.class_names = class_names
+        self.device = device
+        self.options = options
+
+    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
+        return multiscale_probs(self.model, self.norm, image, self.device, self.options.scales, self.options.flip)
+
+
 @torch.no_grad()
 def multiscale_probs(
     model: torch.nn.Module,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,27 +12,16 @@ import torch
 from typer.testing import CliRunner
 
 from clipseg_cli.cli import app, route_default
-from clipseg_cli.clip.model import CLIP, CLIPConfig
+from clipseg_cli.clip.model import CLIP, VIT_B_16_CONFIG, CLIPConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"
 
 
 def tiny_config(**overrides: int) -> CLIPConfig:
-    base = dict(
-        embed_dim=32,
-        image_resolution=224,
-        vision_layers=12,
-        vision_width=64,
-        vision_patch_size=16,
-        context_length=77,
-        vocab_size=49408,
-        text_width=32,
-        text_heads=1,
-        text_layers=2,
-    )
-    base.update(overrides)
-    return CLIPConfig(**base)
+    """ViT-B/16's layout (12 blocks of patch 16, 77 tokens) at tiny widths."""
+    base = dict(embed_dim=32, vision_width=64, text_width=32, text_heads=1, text_layers=2)
+    return dataclasses.replace(VIT_B_16_CONFIG, **{**base, **overrides})
 
 
 def random_clip_state(seed: int = 0, dtype: torch.dtype = torch.float16, **overrides: int) -> dict[str, torch.Tensor]:
@@ -121,3 +111,62 @@ def interrupt_training_at(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(TrainingReporter, "step", step)
+
+
+def invoke(*args: object):  # type: ignore[no-untyped-def]
+    """`wsss-label ARGS` in-process (arguments given as paths or strings)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    """The single ``error:`` line of a failed command (and no traceback)."""
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+def labelled_shapes(root: Path, n: int, size: int, names: list[str], seed: int, fill_empty: bool = False) -> Path:
+    """:func:`write_shapes_dataset` plus ``labels.json``: each image labelled with the classes of its
+    GT (an image without shapes gets ``names[0]`` when ``fill_empty``)."""
+    from clipseg_cli.io.masks import load_label_map
+    from clipseg_cli.segmentation.synthetic import write_shapes_dataset
+
+    data = write_shapes_dataset(root, n, size=size, num_classes=len(names), seed=seed)
+    labels = {}
+    for gt in sorted((data / "gt").glob("*.png")):
+        values = sorted(set(np.unique(load_label_map(gt)).tolist()) - {0, 255})
+        labels[gt.name] = [names[v - 1] for v in values] or ([names[0]] if fill_empty else [])
+    write_labels(data / "labels.json", labels)
+    return data
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def interrupted_run(monkeypatch: pytest.MonkeyPatch, stop: int, out: Path, run):  # type: ignore[no-untyped-def]  # noqa: ANN001
+    """``run()`` (a training command into ``out``) with Ctrl-C after iteration ``stop``: exit 130 and
+    last.pt saved at ``stop``."""
+    with monkeypatch.context() as m:
+        interrupt_training_at(m, stop)
+        result = run()
+    assert result.exit_code == 130, result.output
+    assert torch.load(out / "last.pt", weights_only=True)["iteration"] == stop
+    return result
+
+
+def assert_same_weights(a_path: Path, b_path: Path) -> tuple[dict, dict]:
+    """Two checkpoints with bit-identical model weights and optimizer state; returns both."""
+    a = torch.load(a_path, weights_only=True)
+    b = torch.load(b_path, weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert len(a["optimizer"]["state"]) == len(b["optimizer"]["state"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
+    return a, b

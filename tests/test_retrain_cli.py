@@ -10,30 +10,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from clipseg_cli.cli import app
-from clipseg_cli.training.checkpoint import make_checkpoint, save_checkpoint
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
-from tests.conftest import interrupt_training_at
-
-runner = CliRunner()
+from clipseg_cli.training.checkpoint import make_checkpoint, save_checkpoint
+from tests.conftest import (
+    assert_same_weights,
+    interrupt_training_at,
+    interrupted_run,
+    invoke,
+    metrics_rows,
+    one_error_line,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ["--classes", "a,b,c", "--arch", "deeplabv2-resnet18", "--crop", "32", "--scales", "0.75,1,1.25", "--device", "cpu"]
-
-
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:  # type: ignore[no-untyped-def]
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    assert len(errors) == 1, result.output
-    assert "Traceback" not in result.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +37,16 @@ def test_resume_is_bit_exact(data: Path, tmp_path: Path, monkeypatch: pytest.Mon
     full = invoke("retrain", *common, "--out", tmp_path / "full")
     assert full.exit_code == 0, full.output
 
-    with monkeypatch.context() as m:
-        interrupt_training_at(m, 5)
-        cut = invoke("retrain", *common, "--out", tmp_path / "cut")
-    assert cut.exit_code == 130, cut.output
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 5
+    interrupted_run(monkeypatch, 5, tmp_path / "cut", lambda: invoke("retrain", *common, "--out", tmp_path / "cut"))
     again = invoke("retrain", *common, "--out", tmp_path / "cut")
     assert again.exit_code == 2 and "--resume" in one_error_line(again)
     resumed = invoke("retrain", data / "images", data / "masks", "--out", tmp_path / "cut", "--resume", "--device", "cpu")
     assert resumed.exit_code == 0, resumed.output
 
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    a, b = assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
     assert a["iteration"] == b["iteration"] == 10
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    rows_a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert all("momentum_buffer" in s for s in b["optimizer"]["state"].values())
+    rows_a, rows_b = metrics_rows(tmp_path / "full"), metrics_rows(tmp_path / "cut")
     assert [r["iteration"] for r in rows_b] == list(range(1, 11))
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
     run = json.loads((tmp_path / "cut" / "run.json").read_text())

@@ -12,32 +12,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from clipseg_cli.methods import clims
-from clipseg_cli.cli import app
-from clipseg_cli.segmentation.synthetic import write_shapes_dataset
-from tests.conftest import interrupt_training_at
+from tests.conftest import assert_same_weights, interrupted_run, invoke, labelled_shapes, metrics_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-runner = CliRunner()
 NAMES = ["boat", "train", "cat"]  # boat and train have background prompts in the data file
-
-
-def invoke(*args: object):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_shapes_dataset(tmp_path_factory.mktemp("shapes"), 4, size=40, num_classes=3, seed=2)
-    labels = {}
-    for gt in sorted((root / "gt").glob("*.png")):
-        values = sorted(set(np.unique(np.asarray(Image.open(gt))).tolist()) - {0})
-        labels[f"{gt.stem}.png"] = [NAMES[v - 1] for v in values] or [NAMES[0]]
-    (root / "labels.json").write_text(json.dumps(labels))
-    return root
+    return labelled_shapes(tmp_path_factory.mktemp("shapes"), 4, 40, NAMES, seed=2, fill_empty=True)
 
 
 def train_args(data: Path, weights: Path, out: Path, *extra: object) -> list[object]:
@@ -133,11 +119,7 @@ def test_train_resume_exact_and_predict(data: Path, golden_weights: Path, tmp_pa
     common = ["--iters", "4", "--lr", "1e-2", "--save-every", "3"]
     full = invoke(*train_args(data, golden_weights, tmp_path / "full", *common))
     assert full.exit_code == 0, full.output
-    with monkeypatch.context() as m:
-        interrupt_training_at(m, 2)
-        cut = invoke(*train_args(data, golden_weights, tmp_path / "cut", *common))
-    assert cut.exit_code == 130, cut.output
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 2
+    interrupted_run(monkeypatch, 2, tmp_path / "cut", lambda: invoke(*train_args(data, golden_weights, tmp_path / "cut", *common)))
     again = invoke(*train_args(data, golden_weights, tmp_path / "cut", *common))
     assert again.exit_code == 2 and "--resume" in again.output
     changed = invoke(*train_args(data, golden_weights, tmp_path / "cut", "--alpha", "3", "--resume"))
@@ -145,16 +127,11 @@ def test_train_resume_exact_and_predict(data: Path, golden_weights: Path, tmp_pa
     resumed = invoke("train-cam", "clims", data / "images", "--out", tmp_path / "cut", "--resume", "--device", "cpu")
     assert resumed.exit_code == 0, resumed.output
 
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    a, b = assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
     assert a["kind"] == b["kind"] == "cam.clims" and a["iteration"] == b["iteration"] == 4
     assert a["model_config"]["options"]["alpha"] == 10.0 and a["model_config"]["bg_prompts"][0] == ["river", "sea", "lake"]
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-    full_rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all("momentum_buffer" in s for s in b["optimizer"]["state"].values())
+    rows, full_rows = metrics_rows(tmp_path / "cut"), metrics_rows(tmp_path / "full")
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
     assert [r["loss"] for r in rows] == [r["loss"] for r in full_rows]
     assert {"otm", "btm", "cbs", "reg"} <= set(rows[0])

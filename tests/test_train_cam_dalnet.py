@@ -17,7 +17,7 @@ from clipseg_cli.methods import dalnet as D
 from clipseg_cli.methods.vit_backbone import TimmViT, build_backbone, forward_tokens, patch_tokens, tiny_vit
 from clipseg_cli.clip.model import CLIP
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
-from tests.conftest import interrupt_training_at, random_clip_state, tiny_config, write_labels
+from tests.conftest import assert_same_weights, interrupted_run, metrics_rows, random_clip_state, tiny_config, write_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLASSES = ("red", "green", "blue")
@@ -188,18 +188,13 @@ def test_cli_checkpoint_resume_exact_and_predict(cli, cli_setup: dict[str, Path]
     assert json.loads((full / "run.json").read_text())["status"] == "finished"
 
     part = s["tmp"] / "part"
-    with monkeypatch.context() as m:
-        interrupt_training_at(m, 3)
-        result = _train(cli, s, part)
-    assert result.exit_code != 0 and torch.load(part / "last.pt", weights_only=True)["iteration"] == 3
+    interrupted_run(monkeypatch, 3, part, lambda: _train(cli, s, part))  # exit 130, last.pt at iteration 3
     assert _train(cli, s, part).exit_code != 0  # refuses to overwrite without --resume
     assert _train(cli, s, part, "--resume").exit_code == 0
-    resumed = torch.load(part / "last.pt", weights_only=True)
-    for key, value in ck["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
-    rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert_same_weights(full / "last.pt", part / "last.pt")
+    rows = metrics_rows(part)
     assert [r["iteration"] for r in rows] == list(range(1, 7))
-    full_rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    full_rows = metrics_rows(full)
     # every value but the wall-clock "seconds" (which the engine logs per iteration) is equal
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows] == [
         {k: v for k, v in r.items() if k != "seconds"} for r in full_rows

@@ -35,9 +35,8 @@ from clipseg_cli.data.labels import read_labels_file
 from clipseg_cli.methods.base import MethodInputs
 from clipseg_cli.io.masks import load_label_map
 from clipseg_cli.training.checkpoint import read_checkpoint
-from clipseg_cli.segmentation.synthetic import write_shapes_dataset
 from clipseg_cli.training.engine import train
-from tests.conftest import Cli, interrupt_training_at, write_labels
+from tests.conftest import Cli, assert_same_weights, interrupted_run, labelled_shapes, metrics_rows, write_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,15 +50,7 @@ def small_vit():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 synthetic 64x64 images of coloured shapes, GT, and image-level labels derived from the GT."""
-    root = write_shapes_dataset(
-        tmp_path_factory.mktemp("vitpcm") / "shapes", 24, size=64, num_classes=3, seed=0
-    )
-    labels = {}
-    for p in sorted((root / "gt").glob("*.png")):
-        values = np.unique(load_label_map(p))
-        labels[p.name] = [NAMES[v - 1] for v in values if v > 0]
-    write_labels(root / "labels.json", labels)
-    return root
+    return labelled_shapes(tmp_path_factory.mktemp("vitpcm") / "shapes", 24, 64, NAMES, seed=0)
 
 
 # -- transforms and losses -----------------------------------------------------------------------
@@ -212,11 +203,7 @@ def test_cli_resume_is_exact_then_predict(
     ]
     full = cli(*train_args(shapes, backbone, tmp_path / "full", *common))
     assert full.exit_code == 0, full.output
-    with monkeypatch.context() as m:
-        interrupt_training_at(m, 5)
-        cut = cli(*train_args(shapes, backbone, tmp_path / "cut", *common))
-    assert cut.exit_code == 130, cut.output
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 5
+    interrupted_run(monkeypatch, 5, tmp_path / "cut", lambda: cli(*train_args(shapes, backbone, tmp_path / "cut", *common)))
     again = cli(*train_args(shapes, backbone, tmp_path / "cut", *common))
     assert again.exit_code == 2 and "--resume" in again.output
     changed = cli(
@@ -235,27 +222,10 @@ def test_cli_resume_is_exact_then_predict(
     )
     assert resumed.exit_code == 0, resumed.output
 
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
-    assert (
-        a["kind"] == b["kind"] == "cam.vitpcm" and a["iteration"] == b["iteration"] == 9
-    )
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(
-        a["optimizer"]["state"].values(), b["optimizer"]["state"].values()
-    ):
-        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(
-            sa["exp_avg_sq"], sb["exp_avg_sq"]
-        )
-    ra = [
-        json.loads(x)
-        for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
-    ]
-    rb = [
-        json.loads(x)
-        for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-    ]
+    a, b = assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
+    assert a["kind"] == b["kind"] == "cam.vitpcm" and a["iteration"] == b["iteration"] == 9
+    assert all({"exp_avg", "exp_avg_sq"} <= set(s) for s in b["optimizer"]["state"].values())
+    ra, rb = metrics_rows(tmp_path / "full"), metrics_rows(tmp_path / "cut")
     assert [r["iteration"] for r in rb] == list(range(1, 10))
     assert [(r["loss"], r["et"], r["lr"]) for r in ra] == [
         (r["loss"], r["et"], r["lr"]) for r in rb

@@ -26,7 +26,7 @@ from clipseg_cli.methods.base import LearnedMethod
 from clipseg_cli.training.config import RunConfig, setting
 from clipseg_cli.training.data import stream_loader
 from clipseg_cli.training.schedules import poly_lr, set_lr
-from tests.conftest import Cli, interrupt_training_at
+from tests.conftest import Cli, assert_same_weights, interrupted_run, metrics_rows, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 METHODS = sorted(methods.all_methods())
@@ -39,16 +39,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def args(name: str, inputs: dict[str, Path], out: Path, iters: int, *extra: str, precision: str = "fp32") -> list[str]:
     return [*command_line(name, "tiny", inputs, out, "cpu", precision, iters), "--save-every", "3", *extra]
-
-
-def one_error_line(output: str) -> str:
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in output, output
-    return errors[0]
-
-
-def rows(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_every_method_has_a_smoke_command() -> None:
@@ -68,26 +58,16 @@ def test_resume_is_bit_exact_in_bf16(name: str, inputs: dict[str, Path], tmp_pat
     cli = Cli()
     full = cli(*args(name, inputs, tmp_path / "full", 4, precision=precision))
     assert full.exit_code == 0, full.output
-    with monkeypatch.context() as m:
-        interrupt_training_at(m, 2)
-        cut = cli(*args(name, inputs, tmp_path / "cut", 4, precision=precision))
-    assert cut.exit_code == 130, cut.output
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["iteration"] == 2
+    interrupted_run(monkeypatch, 2, tmp_path / "cut", lambda: cli(*args(name, inputs, tmp_path / "cut", 4, precision=precision)))
     (tmp_path / "cut" / ".last.pt.abc123.part").write_bytes(b"half a checkpoint")  # a killed writer's leftover
     resumed = cli(*args(name, inputs, tmp_path / "cut", 4, "--resume", precision=precision))
     assert resumed.exit_code == 0, resumed.output
     assert not list((tmp_path / "cut").glob("*.part"))
 
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    a, b = assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
     assert a["iteration"] == b["iteration"] == 4 and a["kind"] == b["kind"] == methods.METHODS[name].kind
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        for key in sa:
-            assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
-    untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in rows(tmp_path / run)] for run in ("full", "cut")]
+    untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in metrics_rows(tmp_path / run)]
+               for run in ("full", "cut")]  # fmt: skip
     assert [r["iteration"] for r in untimed[1]] == [1, 2, 3, 4] and untimed[0] == untimed[1]
     summary = json.loads((tmp_path / "cut" / "run.json").read_text())
     assert summary["status"] == "finished" and summary["precision"] == precision and summary["iteration"] == 4
@@ -108,9 +88,9 @@ def test_non_finite_loss_stops_with_one_line(name: str, inputs: dict[str, Path],
     monkeypatch.setattr(method, "loss", loss)
     result = Cli()(*args(name, inputs, tmp_path / "run", 6))
     assert result.exit_code == 2
-    assert one_error_line(result.output) == "error: the loss became nan at iteration 5; lower --lr and start again"
+    assert one_error_line(result) == "error: the loss became nan at iteration 5; lower --lr and start again"
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["iteration"] == 3
-    assert [r["iteration"] for r in rows(tmp_path / "run")] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in metrics_rows(tmp_path / "run")] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["iteration"] == 3
     assert (tmp_path / "run" / "loss.png").exists()
 
@@ -126,7 +106,7 @@ def test_out_of_memory_is_one_line(name: str, inputs: dict[str, Path], tmp_path:
     monkeypatch.setattr(method, "loss", loss)
     result = Cli()(*args(name, inputs, tmp_path / "run", 2))
     assert result.exit_code == 2
-    line = one_error_line(result.output)
+    line = one_error_line(result)
     assert line.startswith("error: out of CPU memory at --batch ") and line.endswith("; lower them"), line
 
 
@@ -227,20 +207,20 @@ def test_a_registered_class_is_a_method_with_every_guarantee(inputs: dict[str, P
         assert flag in help_text and words in help_text, flag
     common = ["toy", str(inputs["data"] / "images"), "--labels", str(inputs["labels"]), "--classes", "red,green,blue"]
     bad = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "--side", "2"])
-    assert bad.exit_code == 2 and one_error_line(bad.output) == "error: --side must be at least 4, got 2"
+    assert bad.exit_code == 2 and one_error_line(bad) == "error: --side must be at least 4, got 2"
 
     run = tmp_path / "run"
     first = runner.invoke(app, [*common, "--out", str(run), "--iters", "3"])
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, [*common, "--out", str(run), "--iters", "6"])
-    assert again.exit_code == 2 and "--resume" in one_error_line(again.output)
+    assert again.exit_code == 2 and "--resume" in one_error_line(again)
     changed = runner.invoke(app, [*common, "--out", str(run), "--side", "8", "--resume"])
-    assert changed.exit_code == 2 and "side (run: 16, asked: 8)" in one_error_line(changed.output)
+    assert changed.exit_code == 2 and "side (run: 16, asked: 8)" in one_error_line(changed)
     resumed = runner.invoke(app, ["toy", str(inputs["data"] / "images"), "--out", str(run), "--resume"])
     assert resumed.exit_code == 0, resumed.output  # labels, classes and settings from the run
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["kind"] == "cam.toy" and ckpt["iteration"] == 3 and ckpt["class_names"] == ["red", "green", "blue"]
-    assert ckpt["train_config"]["side"] == 16 and [r["iteration"] for r in rows(run)] == [1, 2, 3]
+    assert ckpt["train_config"]["side"] == 16 and [r["iteration"] for r in metrics_rows(run)] == [1, 2, 3]
     summary = json.loads((run / "run.json").read_text())
     assert summary["command"] == "train-cam toy" and summary["status"] == "finished"
 

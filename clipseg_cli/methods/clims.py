@@ -31,8 +31,6 @@
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -43,12 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from clipseg_cli.cam.preprocess import CLIP_MEAN, CLIP_STD
-from clipseg_cli.data.images import read_rgb
 from clipseg_cli.data.labels import ImageLabels, saved_image_labels
-from clipseg_cli.errors import ConfigError, ImageError
+from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
 from clipseg_cli.methods.base import (
@@ -63,7 +59,7 @@ from clipseg_cli.segmentation.augment import train_augment
 from clipseg_cli.segmentation.deeplab import IMAGENET_NORM, Normalization
 from clipseg_cli.segmentation.resnet import ResNet
 from clipseg_cli.training.config import RunConfig, setting
-from clipseg_cli.training.data import resolve_workers, seed_everything, stream_loader
+from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_everything, stream_loader
 from clipseg_cli.training.run import LAST
 from clipseg_cli.training.schedules import cosine_lr, set_lr
 
@@ -270,38 +266,23 @@ def clims_loss(sims: Mapping[str, torch.Tensor], cams: torch.Tensor, y: torch.Te
 
 
 # -- data ----------------------------------------------------------------------------------------
-class ClimsDataset(Dataset):
-    """Augmented crops of labelled images, indexed by ``(dataset index, sample number)`` (the
-    retrain stream: a pure function of (seed, sample)). Items: ``image`` (network input),
-    ``rgb`` (3, crop, crop) float in 0..1 (padding black), ``labels`` (K,) float, ``error``."""
+class ClimsDataset(LabelledImages):
+    """Augmented crops of labelled images (the retrain stream: a pure function of (seed, sample)).
+    Items: ``image`` (network input), ``rgb`` (3, crop, crop) float in 0..1 (padding black),
+    ``labels`` (K,) float, ``error``."""
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[Sequence[int]], num_classes: int, norm: Normalization,
                  scales: Sequence[float], crop: int, seed: int) -> None:  # fmt: skip
-        self.paths, self.norm, self.scales, self.crop, self.seed = list(paths), norm, tuple(scales), crop, seed
-        self.vectors = []
-        for values in labels:
-            vec = torch.zeros(num_classes)
-            vec[[v - 1 for v in values]] = 1.0
-            self.vectors.append(vec)
+        super().__init__(paths, labels, num_classes, seed, background=False, blank=crop)
+        self.norm, self.scales, self.crop = norm, tuple(scales), crop
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, item: tuple[int, int]) -> dict[str, object]:
-        index, g = item
-        rng = np.random.default_rng([self.seed, g])
-        try:
-            image, error = read_rgb(self.paths[index]), ""
-        except ImageError as exc:
-            image, error = np.zeros((self.crop, self.crop, 3), np.uint8), str(exc)
+    def make(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, object]:
         valid = np.ones(image.shape[:2], np.uint8)
         image, valid = train_augment(image, valid, rng, self.scales, self.crop, self.norm.mean_rgb)
         rgb = np.where((valid == 1)[..., None], image, 0.0).astype(np.float32) / 255.0
         return {
             "image": torch.from_numpy(self.norm.apply(image)),
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))),
-            "labels": self.vectors[index],
-            "error": error,
         }
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from clipseg_cli.errors import ConfigError
-from clipseg_cli.inference import InferenceOptions, multiscale_probs
+from clipseg_cli.inference import InferenceOptions, SoftmaxPredictor, multiscale_probs
 from clipseg_cli.methods import register
 from clipseg_cli.methods.base import LearnedMethod
 from clipseg_cli.segmentation.dataset import PseudoMaskDataset, check_pair_sizes, find_pairs
@@ -108,19 +107,8 @@ class RetrainConfig(RunConfig):
     skip_missing: bool = setting(False, "Train on the images that have a mask instead of stopping.", defining=False)
 
 
-class DeepLabPredictor:
+class DeepLabPredictor(SoftmaxPredictor):
     """A trained DeepLabV2 with its normalisation and test-time scales."""
-
-    def __init__(self, model: DeepLabV2, norm: Normalization, class_names: list[str], device: torch.device,
-                 options: InferenceOptions) -> None:  # fmt: skip
-        self.model = model.to(device).eval()
-        self.norm = norm
-        self.class_names = class_names
-        self.device = device
-        self.options = options
-
-    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
-        return multiscale_probs(self.model, self.norm, image, self.device, self.options.scales, self.options.flip)
 
 
 def build_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[DeepLabV2, Normalization]:

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from clipseg_cli.cam.preprocess import CLIP_MEAN, CLIP_STD
 from clipseg_cli.data.labels import ImageLabels, saved_image_labels
 from clipseg_cli.errors import ConfigError
-from clipseg_cli.inference import InferenceOptions, multiscale_probs
+from clipseg_cli.inference import InferenceOptions, SoftmaxPredictor
 from clipseg_cli.methods.base import (
     LearnedMethod,
     checkpoint_clip,
@@ -274,22 +273,14 @@ class RefinerMethod(LearnedMethod):
 
 
 # -- prediction ----------------------------------------------------------------------------------
-class RefinerPredictor:
+class RefinerPredictor(SoftmaxPredictor):
     """A trained refiner as a :class:`clipseg_cli.inference.Predictor` that makes pseudo masks:
     ``image_labels`` gives each image's labels, so predict applies eq. 14."""
 
     def __init__(self, model: RefinerModel, class_names: list[str], device: torch.device, options: InferenceOptions,
                  labels: ImageLabels) -> None:  # fmt: skip
-        self.model = model.to(device).eval()
-        self.class_names = class_names
-        self.device = device
-        self.options = options
+        super().__init__(model, model.normalization, class_names, device, options)
         self.labels = labels
-
-    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
-        return multiscale_probs(
-            self.model, self.model.normalization, image, self.device, self.options.scales, self.options.flip
-        )
 
     def image_labels(self, key: str) -> list[int] | None:
         return self.labels.get(key)

@@ -35,29 +35,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from clipseg_cli.cam.preprocess import CLIP_MEAN, CLIP_STD
-from clipseg_cli.data.images import read_rgb
 from clipseg_cli.data.labels import ImageLabels, saved_image_labels
-from clipseg_cli.errors import ConfigError, ImageError
+from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
 from clipseg_cli.methods.base import LearnedMethod, labelled_paths, model_mismatch, weights_setting
 from clipseg_cli.methods.vit_backbone import TimmViT, build_backbone, patch_tokens, vit_width
-from clipseg_cli.methods.vitpcm_equivariance import (
-    equivariance_loss,
-    mce_loss,
-    mosaic,
-    mosaic_indices,
-    random_affine,
-    unmosaic,
-    unwarp,
-    warp,
-)
+from clipseg_cli.methods import vitpcm_equivariance as eqv
 from clipseg_cli.segmentation.deeplab import Normalization
 from clipseg_cli.training.config import RunConfig, setting
-from clipseg_cli.training.data import resolve_workers, seed_everything, stream_loader
+from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_everything, stream_loader
 
 KIND = "cam.vitpcm"
 DEFAULT_EPOCHS = 10
@@ -194,41 +183,22 @@ def build_model(model_config: Mapping[str, Any]) -> PatchClassMapper:
 
 
 # -- data ----------------------------------------------------------------------------------------
-class LabelledImages(Dataset):
-    """Images with image-level labels, resized to ``size`` x ``size``, random horizontal flip; item
-    ``(index, g)`` draws its augmentation from ``default_rng([seed, g])`` (exact resume)."""
+class ResizedImages(LabelledImages):
+    """Labelled images resized to ``size`` x ``size``, random horizontal flip; items ``image``,
+    ``target`` (background and the image's classes set) and ``error``."""
+
+    target_key = "target"
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[Sequence[int]], num_classes: int, norm: Normalization,
                  size: int, seed: int) -> None:  # fmt: skip
-        self.paths, self.norm, self.size, self.seed = list(paths), norm, size, seed
-        self.targets = []
-        for values in labels:
-            t = torch.zeros(num_classes)
-            t[0] = 1.0
-            t[list(values)] = 1.0
-            self.targets.append(t)
+        super().__init__(paths, labels, num_classes, seed, background=True, blank=size)
+        self.norm, self.size = norm, size
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, item: tuple[int, int]) -> dict[str, object]:
-        index, g = item
-        rng = np.random.default_rng([self.seed, g])
-        try:
-            image = read_rgb(self.paths[index])
-            error = ""
-        except ImageError as exc:
-            image, error = np.zeros((self.size, self.size, 3), np.uint8), str(exc)
-        image = cv2.resize(
-            image, (self.size, self.size), interpolation=cv2.INTER_LINEAR
-        )
+    def make(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, object]:
+        image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         if rng.random() < 0.5:
             image = image[:, ::-1]
-        return {
-            "image": torch.from_numpy(self.norm.apply(image)),
-            "target": self.targets[index],
-            "error": error,
-        }
+        return {"image": torch.from_numpy(self.norm.apply(image))}
 
 
 # -- configuration and training ------------------------------------------------------------------
@@ -328,7 +298,7 @@ class VitPcm(LearnedMethod):
     def batches(self, start: int) -> Iterable[Any]:
         cfg = self.cfg
         labels = [self.image_labels[k] for k in self.keys]
-        dataset = LabelledImages(self.paths, labels, self.num_classes, self.norm, cfg.size, cfg.seed)
+        dataset = ResizedImages(self.paths, labels, len(cfg.class_names), self.norm, cfg.size, cfg.seed)
         return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device),
                              self.device)  # fmt: skip
 
@@ -378,14 +348,14 @@ def vitpcm_loss(model: PatchClassMapper, images: torch.Tensor, targets: torch.Te
     named parts. The second branch's transforms are drawn from ``branch_seed`` (the trainer uses
     (seed, iteration), so they repeat on --resume)."""
     probs = model(images)
-    mce = mce_loss(probs, targets)
+    mce = eqv.mce_loss(probs, targets)
     reg = l2 * model.classifier.weight.pow(2).sum()
     loss = mce + reg
     parts = {"mce": float(mce.detach()), "l2": float(reg.detach())}
     if et_weight > 0:
         gen = torch.Generator().manual_seed(branch_seed)
         branch_probs, valid = second_branch(model, images, gen)
-        et = equivariance_loss(branch_probs, probs, valid)
+        et = eqv.equivariance_loss(branch_probs, probs, valid)
         loss = loss + et_weight * et
         parts["et"] = float(et.detach())
     return loss, parts
@@ -398,17 +368,17 @@ def second_branch(
     input size; the patch maps split back (m^-1), upsampled to the main grid and un-warped (b^-1).
     Returns (B, K+1, h, w) probabilities and the (B, 1, h, w) mask of patches seen by both branches."""
     b = images.shape[0]
-    theta = random_affine(b, gen).to(images.device)
-    warped = warp(images, theta)
+    theta = eqv.random_affine(b, gen).to(images.device)
+    warped = eqv.warp(images, theta)
     half = F.interpolate(
         warped, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=True
     )
-    idx = mosaic_indices(b).to(images.device)
-    probs = model(mosaic(half[idx]))
-    tiles = unmosaic(probs)[:b]
+    idx = eqv.mosaic_indices(b).to(images.device)
+    probs = model(eqv.mosaic(half[idx]))
+    tiles = eqv.unmosaic(probs)[:b]
     grid = (images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size)
     tiles = F.interpolate(tiles, size=grid, mode="bilinear", align_corners=False)
-    return unwarp(tiles, theta)
+    return eqv.unwarp(tiles, theta)
 
 
 # -- prediction ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from clipseg_cli.io.masks import IGNORE_LABEL, load_label_map
 from clipseg_cli.data.images import image_size, list_images, read_rgb
 from clipseg_cli.segmentation.augment import train_augment
 from clipseg_cli.segmentation.deeplab import Normalization
+from clipseg_cli.training.data import read_or_blank
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,8 @@ class PseudoMaskDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict[str, object]:
         index, g = item
         rng = np.random.default_rng([self.seed, g])
-        try:
-            image, mask = load_pair(self.pairs[index], self.num_classes)
-            error = ""
-        except ImageError as exc:
-            image = np.zeros((self.crop, self.crop, 3), np.uint8)
-            mask = np.full((self.crop, self.crop), IGNORE_LABEL, np.uint8)
-            error = str(exc)
+        blank = (np.zeros((self.crop, self.crop, 3), np.uint8), np.full((self.crop, self.crop), IGNORE_LABEL, np.uint8))
+        (image, mask), error = read_or_blank(lambda: load_pair(self.pairs[index], self.num_classes), lambda: blank)
         image, mask = train_augment(image, mask, rng, self.scales, self.crop, self.norm.mean_rgb)
         item: dict[str, object] = {
             "image": torch.from_numpy(self.norm.apply(image)),

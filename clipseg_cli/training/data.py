@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from clipseg_cli.data.images import read_rgb
+from clipseg_cli.errors import ImageError
+
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -77,3 +83,51 @@ def stream_loader(
         pin_memory=device.type == "cuda",
         worker_init_fn=worker_init if workers > 0 else None,
     )
+
+
+def read_or_blank(read: Callable[[], T], blank: Callable[[], T]) -> tuple[T, str]:
+    """``read()``, or ``blank()`` and the reason when the file is unusable: a loader worker must not
+    raise, the loop stops with the message instead (one line, no worker traceback)."""
+    try:
+        return read(), ""
+    except ImageError as exc:
+        return blank(), str(exc)
+
+
+def label_vector(values: Sequence[int], num_classes: int, background: bool) -> torch.Tensor:
+    """Multi-hot float vector of an image's mask values (1 + c): over the ``num_classes`` classes, or
+    over (background, classes...) with background set when ``background``."""
+    if background:
+        vec = torch.zeros(num_classes + 1)
+        vec[[0, *values]] = 1.0
+    else:
+        vec = torch.zeros(num_classes)
+        vec[[v - 1 for v in values]] = 1.0
+    return vec
+
+
+class LabelledImages(Dataset):
+    """Training images with image-level labels, item ``(index, sample number)`` as the stream gives
+    them; a subclass makes the item from the decoded image and the sample's RNG
+    (``default_rng([seed, sample])``) in :meth:`make`. Items carry ``target_key`` (the label vector,
+    :func:`label_vector`) and ``error``."""
+
+    target_key = "labels"
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[Sequence[int]], num_classes: int, seed: int, *,
+                 background: bool, blank: int) -> None:  # fmt: skip
+        self.paths, self.seed, self.blank = list(paths), seed, blank
+        self.targets = [label_vector(values, num_classes, background) for values in labels]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def make(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, object]:
+        raise NotImplementedError
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, object]:
+        index, g = item
+        rng = np.random.default_rng([self.seed, g])
+        image, error = read_or_blank(lambda: read_rgb(self.paths[index]),
+                                     lambda: np.zeros((self.blank, self.blank, 3), np.uint8))  # fmt: skip
+        return {**self.make(image, rng), self.target_key: self.targets[index], "error": error}
