@@ -2,8 +2,9 @@
 
 Self-contained: it writes a small synthetic dataset (coloured shapes with pseudo masks and labels)
 and random weights (a CLIP and, through it, the ViT backbones) into a temporary folder, then runs
-`retrain`, `refine train`, `train-cam clims|dalnet|vitpcm` (every registered method) through the
-command line in this process, and `predict` on each run's checkpoint.
+every registered method's training command (`retrain`, `refine train`, `train-cam clims|dalnet|vitpcm`,
+with the method's own ``smoke_args``) through the command line in this process, and `predict` on
+each run's checkpoint.
 
     python benchmarks/train_gpu_smoke.py --device cuda                     # tiny models, fp32 and bf16
     python benchmarks/train_gpu_smoke.py --device cuda --size base         # the papers' shapes, random weights
@@ -30,37 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-# name -> (tiny arguments, base arguments); {data}, {labels}, {weights}, {out} are filled in.
-COMMANDS: dict[str, tuple[list[str], list[str]]] = {
-    "deeplabv2": (
-        ["retrain", "{data}/images", "{data}/masks", "--arch", "deeplabv2-resnet18", "--crop", "64", "--batch", "2"],
-        ["retrain", "{data}/images", "{data}/masks", "--arch", "deeplabv2-resnet101", "--crop", "321", "--batch", "10"],
-    ),
-    "weakclip": (
-        ["refine", "train", "{data}/images", "{data}/masks", "--labels", "{labels}", "--weights", "{weights}",
-         "--crop", "64", "--batch", "2", "--context", "4", "--decoder-dim", "16", "--warmup", "0"],
-        ["refine", "train", "{data}/images", "{data}/masks", "--labels", "{labels}", "--weights", "{weights}",
-         "--crop", "512", "--batch", "8", "--warmup", "0"],
-    ),
-    "clims": (
-        ["train-cam", "clims", "{data}/images", "--labels", "{labels}", "--weights", "{weights}", "--arch", "resnet18",
-         "--crop", "64", "--clip-size", "32", "--batch", "2"],
-        ["train-cam", "clims", "{data}/images", "--labels", "{labels}", "--weights", "{weights}", "--arch", "resnet50",
-         "--crop", "512", "--batch", "16"],
-    ),
-    "dalnet": (
-        ["train-cam", "dalnet", "{data}/images", "--labels", "{labels}", "--weights", "{weights}", "--crop", "64",
-         "--batch", "2", "--warmup", "1"],
-        ["train-cam", "dalnet", "{data}/images", "--labels", "{labels}", "--weights", "{weights}", "--crop", "448",
-         "--batch", "4", "--warmup", "1"],
-    ),
-    "vitpcm": (
-        ["train-cam", "vitpcm", "{data}/images", "--labels", "{labels}", "--weights", "{weights}", "--size", "64",
-         "--batch", "4", "--lstm-hidden", "8", "--predict-size", "64"],
-        ["train-cam", "vitpcm", "{data}/images", "--labels", "{labels}", "--weights", "{weights}", "--size", "384",
-         "--batch", "8", "--predict-size", "384"],
-    ),
-}  # fmt: skip
 NAMES = ["red", "green", "blue"]
 
 
@@ -89,15 +59,32 @@ def make_inputs(root: Path, size: str, images: int = 8) -> dict[str, Path]:
 
 def command_line(name: str, size: str, inputs: dict[str, Path], out: Path, device: str, precision: str,
                  iters: int) -> list[str]:  # fmt: skip
-    """The training command of method ``name`` for ``iters`` iterations (ViT-PCM counts epochs: of the
-    8 images, 2 iterations per epoch at the tiny batch of 4, 1 at the base batch of 8)."""
-    template = COMMANDS[name][0 if size == "tiny" else 1]
-    fill = {"data": str(inputs["data"]), "labels": str(inputs["labels"]), "weights": str(inputs["weights"])}
-    args = [a.format(**fill) for a in template]
-    per_epoch = 2 if size == "tiny" else 1
-    length = ["--epochs", str(-(-iters // per_epoch))] if name == "vitpcm" else ["--iters", str(iters)]
+    """The training command of method ``name`` for ``iters`` iterations: its family's command and
+    inputs, then the method's own ``smoke_args[size]`` (a method that counts epochs gets as many as
+    cover ``iters`` iterations of the 8 images)."""
+    import dataclasses as dc
+
+    from clipseg_cli.methods import get_method
+
+    method = get_method(name)
+    fields = {f.name for f in dc.fields(method.Config)}
+    images, masks, labels = str(inputs["data"] / "images"), str(inputs["data"] / "masks"), str(inputs["labels"])
+    args = {
+        "segmenter": ["retrain", images, masks],
+        "refiner": ["refine", "train", images, masks, "--method", name, "--labels", labels],
+        "cam": ["train-cam", name, images, "--labels", labels],
+    }[method.family]
+    if "weights" in fields:
+        args += ["--weights", str(inputs["weights"])]
+    extra = list(method.smoke_args[size])
+    args += extra
+    if "iters" in fields:
+        args += ["--iters", str(iters)]
+    else:
+        batch = int(extra[extra.index("--batch") + 1]) if "--batch" in extra else 8
+        args += ["--epochs", str(-(-iters // -(-8 // batch)))]
     return [*args, "--classes", ",".join(NAMES), "--out", str(out), "--device", device, "--precision", precision,
-            "--save-every", "1000", *length]  # fmt: skip
+            "--save-every", "1000"]  # fmt: skip
 
 
 def invoke(args: list[str]) -> tuple[int, str]:
@@ -176,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from clipseg_cli.methods import all_methods
 
     names = [n for n in all_methods() if not a.only or n in a.only.split(",")]
-    missing = [n for n in names if n not in COMMANDS]
+    missing = [n for n in names if a.size not in all_methods()[n].smoke_args]
     precisions = ["fp32", "bf16"] if a.precision == "both" else [a.precision]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="wsss-smoke-") as tmp:

@@ -125,6 +125,9 @@ class LearnedMethod(TrainingHooks):
     kind: ClassVar[str]  # type: ignore[misc]
     summary: ClassVar[str] = ""
     Config: ClassVar[type[RunConfig]] = RunConfig
+    # Method-specific options of a short run on tiny ("tiny") and paper-sized ("base") random networks:
+    # what benchmarks/train_gpu_smoke.py and the engine's tests run for every method.
+    smoke_args: ClassVar[dict[str, list[str]]] = {}
 
     def __init__(self, cfg: RunConfig, device: torch.device | str = "cpu", inputs: MethodInputs | None = None) -> None:
         self.cfg = cfg

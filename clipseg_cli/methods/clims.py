@@ -333,6 +333,10 @@ class Clims(LearnedMethod):
     samples_key = "images"
     samples_noun = "labelled images"
     cfg: ClimsConfig
+    smoke_args = {
+        "tiny": ["--arch", "resnet18", "--crop", "64", "--clip-size", "32", "--batch", "2"],
+        "base": ["--arch", "resnet50", "--crop", "512", "--batch", "16"],
+    }
     model: CAMNet
 
     def setup(self, ckpt: dict[str, Any] | None) -> None:

@@ -339,6 +339,10 @@ class Dalnet(LearnedMethod):
     samples_key = "images"
     samples_noun = "labelled images"
     cfg: DalnetConfig
+    smoke_args = {
+        "tiny": ["--crop", "64", "--batch", "2", "--warmup", "1"],
+        "base": ["--crop", "448", "--batch", "4", "--warmup", "1"],
+    }
     model: DALNet
 
     def __init__(self, cfg: DalnetConfig, device: torch.device | str = "cpu", inputs: MethodInputs | None = None, *,

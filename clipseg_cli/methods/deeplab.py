@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -133,6 +133,11 @@ class DeepLabRetrain(LearnedMethod):
     summary = "Train DeepLabV2 on pseudo masks with the confidence-guided loss (pixels labelled 255 are ignored)."
     Config = RetrainConfig
     jsonl_files = (VAL,)
+    # a few iterations of a tiny and of the paper-sized network (benchmarks/train_gpu_smoke.py, tests)
+    smoke_args: ClassVar[dict[str, list[str]]] = {
+        "tiny": ["--arch", "deeplabv2-resnet18", "--crop", "64", "--batch", "2"],
+        "base": ["--arch", "deeplabv2-resnet101", "--crop", "321", "--batch", "10"],
+    }
     samples_noun = "image/mask pairs"
     cfg: RetrainConfig
     model: DeepLabV2

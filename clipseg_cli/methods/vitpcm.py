@@ -252,6 +252,10 @@ class VitPcm(LearnedMethod):
     samples_key = "images"
     samples_noun = "labelled images"
     cfg: VitPcmConfig
+    smoke_args = {
+        "tiny": ["--size", "64", "--batch", "4", "--lstm-hidden", "8", "--predict-size", "64"],
+        "base": ["--size", "384", "--batch", "8", "--predict-size", "384"],
+    }
     model: PatchClassMapper
 
     def setup(self, ckpt: dict[str, Any] | None) -> None:

@@ -338,3 +338,7 @@ class WeakClipRefiner(RefinerMethod):
     )
     Config = WeakClipConfig
     Model = WeakCLIP
+    smoke_args = {
+        "tiny": ["--crop", "64", "--batch", "2", "--context", "4", "--decoder-dim", "16", "--warmup", "0"],
+        "base": ["--crop", "512", "--batch", "8", "--warmup", "0"],
+    }
