@@ -167,3 +167,25 @@ class LearnedMethod(TrainingHooks):
         if ckpt is None:
             return self.inputs.load_clip(weights, self.device)
         return checkpoint_clip(ckpt, self.device, weights, f"the run in {self.cfg.out}", self.inputs.load_clip)
+
+
+class CamMethod(LearnedMethod):
+    """A learned CAM generator (``wsss-label train-cam NAME``), trained from image-level labels. Its
+    checkpoints keep the training images' labels, so ``predict`` needs no ``--labels`` for them."""
+
+    family = "cam"
+    samples_key = "images"
+    samples_noun = "labelled images"
+
+    def load_labelled_images(self, ckpt: Mapping[str, Any] | None) -> None:
+        """``image_labels``, and ``keys`` / ``paths`` of the labelled images under IMAGES."""
+        self.image_labels = self.training_labels(ckpt)
+        self.keys, self.paths = labelled_paths(self.cfg.images, self.image_labels)
+
+    @property
+    def samples(self) -> int:
+        return len(self.keys)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"image_labels": {k: self.image_labels[k] for k in self.keys}, "images": len(self.keys)}
+

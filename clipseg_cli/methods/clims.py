@@ -48,10 +48,9 @@ from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
 from clipseg_cli.methods.base import (
-    LearnedMethod,
+    CamMethod,
     checkpoint_clip,
     clip_weights_record,
-    labelled_paths,
     model_mismatch,
     weights_setting,
 )
@@ -320,9 +319,8 @@ class ClimsConfig(RunConfig):
 
 
 @register
-class Clims(LearnedMethod):
+class Clims(CamMethod):
     name = METHOD
-    family = "cam"
     kind = KIND
     summary = (
         "CLIMS (CVPR 2022): train a ResNet CAM network (sigmoid maps, no pooling) with a frozen CLIP as "
@@ -330,8 +328,6 @@ class Clims(LearnedMethod):
         "`wsss-label predict --checkpoint RUN/last.pt --labels LABELS`."
     )
     Config = ClimsConfig
-    samples_key = "images"
-    samples_noun = "labelled images"
     cfg: ClimsConfig
     smoke_args = {
         "tiny": ["--arch", "resnet18", "--crop", "64", "--clip-size", "32", "--batch", "2"],
@@ -343,8 +339,7 @@ class Clims(LearnedMethod):
         cfg = self.cfg
         if cfg.init is not None and not Path(cfg.init).is_file():
             raise ConfigError(f"--init {cfg.init}: no such file")
-        self.image_labels = self.training_labels(ckpt)
-        self.keys, self.paths = labelled_paths(cfg.images, self.image_labels)
+        self.load_labelled_images(ckpt)
         self.clip, self.weights = self.frozen_clip(ckpt)
         self.bg_prompts = background_prompts(cfg.class_names)
         self.iters = cfg.iters
@@ -365,10 +360,6 @@ class Clims(LearnedMethod):
         for g in groups:
             g["lr"] = cfg.lr * g["lr_mult"]
         self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-
-    @property
-    def samples(self) -> int:
-        return len(self.keys)
 
     def describe(self) -> str:
         return (f"clims {self.cfg.arch} on {self.device}: {len(self.keys)} labelled images, "
@@ -409,9 +400,6 @@ class Clims(LearnedMethod):
             "object_template": OBJECT_TEMPLATE,
             "clip_weights": clip_weights_record(self.weights),
         }
-
-    def checkpoint_extra(self) -> dict[str, Any]:
-        return {"image_labels": {k: self.image_labels[k] for k in self.keys}, "images": len(self.keys)}
 
     def summary_extra(self) -> dict[str, Any]:
         return {"init": self.init_note, "images": len(self.keys)}

@@ -24,12 +24,12 @@ Losses (eq. 7): ``L_cls + L_inter + lambda_i L_im + lambda_e L_ex + lambda_p L_p
   above ``ptc_high`` = 0.55, ignored in between), on the absolute cosine similarity of the final
   patch tokens: ``0.5 (1 - mean over same-label pairs) + 0.5 mean over different-label pairs``.
 
-Training (:func:`train_dalnet`): AdamW (weight decay 0.01), linear warm-up from ``1e-6 * lr`` over
-``warmup`` iterations then poly decay 0.9; random rescale / crop / flip crops; ``last.pt`` (kind
-``cam.dalnet``) written atomically every ``save_every`` iterations, at the end and on interruption;
-``--resume`` is exact (model, optimizer, RNG, the data stream is a function of seed and iteration);
-``metrics.jsonl`` and ``run.json``. Prediction (:func:`load_predictor`): multi-scale (+ flip) final
-CAMs of the image's labels, background channel = ``bg_threshold``.
+Training (:class:`Dalnet`, run by the engine of :mod:`clipseg_cli.training`; :func:`train_dalnet`
+for arrays in memory): AdamW (weight decay 0.01), linear warm-up from ``1e-6 * lr`` over ``warmup``
+iterations then poly decay 0.9; random rescale / crop / flip crops, each batch drawn (with
+replacement) from a generator seeded by (seed, iteration), so ``--resume`` is exact. Prediction
+(:meth:`Dalnet.load_predictor`): multi-scale (+ flip) final CAMs of the image's labels, background
+channel = ``bg_threshold``.
 """
 
 from __future__ import annotations
@@ -48,10 +48,9 @@ from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
 from clipseg_cli.methods.base import (
-    LearnedMethod,
+    CamMethod,
     MethodInputs,
     clip_weights_record,
-    labelled_paths,
     weights_setting,
 )
 from clipseg_cli.methods.vit_backbone import TimmViT, build_backbone, forward_tokens, vit_width
@@ -326,18 +325,15 @@ def make_batch(cfg: DalnetConfig, images: Sequence[np.ndarray | Path], labels: n
 
 # -- training ------------------------------------------------------------------------------------
 @register
-class Dalnet(LearnedMethod):
+class Dalnet(CamMethod):
     """One run of ``train-cam dalnet``. ``model`` and ``samples`` (images as uint8 RGB arrays or
     paths, and their multi-hot labels (n, C)) may be given ready (library use); otherwise they are
     built from the config, the labels and CLIP."""
 
     name = "dalnet"
-    family = "cam"
     kind = KIND
     summary = "Train DALNet's CAMs: ViT + frozen CLIP text, global implicit and local explicit alignment, ToCo patch contrast."
     Config = DalnetConfig
-    samples_key = "images"
-    samples_noun = "labelled images"
     cfg: DalnetConfig
     smoke_args = {
         "tiny": ["--crop", "64", "--batch", "2", "--warmup", "1"],
@@ -357,14 +353,13 @@ class Dalnet(LearnedMethod):
         self.weights = None
         if self._samples is not None:
             self.images, self.multi_hot = list(self._samples[0]), np.asarray(self._samples[1], np.float32)
-            self.image_labels: dict[str, list[int]] = {}
+            self.image_labels, self.keys = {}, []
         else:
-            self.image_labels = self.training_labels(ckpt)
-            keys, self.images = labelled_paths(cfg.images, self.image_labels)
-            self.multi_hot = np.zeros((len(keys), len(cfg.class_names)), np.float32)
-            for row, key in enumerate(keys):
+            self.load_labelled_images(ckpt)
+            self.images = list(self.paths)
+            self.multi_hot = np.zeros((len(self.keys), len(cfg.class_names)), np.float32)
+            for row, key in enumerate(self.keys):
                 self.multi_hot[row, [v - 1 for v in self.image_labels[key]]] = 1.0
-            self.image_labels = {k: self.image_labels[k] for k in keys}
         if self._model is not None:
             self.model = self._model
         else:
@@ -435,7 +430,7 @@ class Dalnet(LearnedMethod):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         mean, std = self.model.mean_std
-        return {"normalization": {"mean": list(mean), "std": list(std)}, "image_labels": self.image_labels,
+        return {**super().checkpoint_extra(), "normalization": {"mean": list(mean), "std": list(std)},
                 "images": len(self.images)}  # fmt: skip
 
     def summary_extra(self) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from clipseg_cli.data.labels import ImageLabels, saved_image_labels
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
-from clipseg_cli.methods.base import LearnedMethod, labelled_paths, model_mismatch, weights_setting
+from clipseg_cli.methods.base import CamMethod, model_mismatch, weights_setting
 from clipseg_cli.methods.vit_backbone import TimmViT, build_backbone, patch_tokens, vit_width
 from clipseg_cli.methods import vitpcm_equivariance as eqv
 from clipseg_cli.segmentation.deeplab import Normalization
@@ -236,12 +236,11 @@ class VitPcmConfig(RunConfig):
 
 
 @register
-class VitPcm(LearnedMethod):
+class VitPcm(CamMethod):
     """One run of ``train-cam vitpcm``: the backbone of a fresh run is ``inputs.backbone`` when
     given, else built from ``--backbone``; on --resume the checkpoint holds it."""
 
     name = "vitpcm"
-    family = "cam"
     kind = KIND
     summary = (
         "Train ViT-PCM (ECCV 2022) from image-level labels: ViT patch tokens -> HV-BiLSTM -> per-patch softmax "
@@ -249,8 +248,6 @@ class VitPcm(LearnedMethod):
         "2x2 mosaics. Masks: `wsss-label predict IMAGES --checkpoint RUN/last.pt`."
     )
     Config = VitPcmConfig
-    samples_key = "images"
-    samples_noun = "labelled images"
     cfg: VitPcmConfig
     smoke_args = {
         "tiny": ["--size", "64", "--batch", "4", "--lstm-hidden", "8", "--predict-size", "64"],
@@ -260,8 +257,7 @@ class VitPcm(LearnedMethod):
 
     def setup(self, ckpt: dict[str, Any] | None) -> None:
         cfg = self.cfg
-        self.image_labels = self.training_labels(ckpt)
-        self.keys, self.paths = labelled_paths(cfg.images, self.image_labels)
+        self.load_labelled_images(ckpt)
         self.num_classes = len(cfg.class_names) + 1
         self.iters_per_epoch = math.ceil(len(self.keys) / cfg.batch)
         self.iters = cfg.iters if cfg.iters else (cfg.epochs or DEFAULT_EPOCHS) * self.iters_per_epoch
@@ -289,10 +285,6 @@ class VitPcm(LearnedMethod):
             [{"params": self.model.head_parameters()}, {"params": self.model.finetune_parameters(cfg.unfreeze)}],
             lr=cfg.lr,
         )
-
-    @property
-    def samples(self) -> int:
-        return len(self.keys)
 
     def describe(self) -> str:
         return (f"vitpcm on {self.device}: {len(self.keys)} labelled images, {len(self.cfg.class_names)} classes, "
@@ -331,9 +323,6 @@ class VitPcm(LearnedMethod):
             "lstm_hidden": self.cfg.lstm_hidden, "normalization": self.norm.to_dict(),
             "predict_size": self.cfg.predict_size, "backbone_source": self.cfg.backbone,
         }  # fmt: skip
-
-    def checkpoint_extra(self) -> dict[str, Any]:
-        return {"image_labels": {k: self.image_labels[k] for k in self.keys}, "images": len(self.keys)}
 
     def summary_extra(self) -> dict[str, Any]:
         return {"images": len(self.keys), "iters_per_epoch": self.iters_per_epoch, "frozen_iters": self.frozen_iters}
