@@ -81,7 +81,7 @@ def command_line(name: str, size: str, inputs: dict[str, Path], out: Path, devic
     if "iters" in fields:
         args += ["--iters", str(iters)]
     else:
-        batch = int(extra[extra.index("--batch") + 1]) if "--batch" in extra else 8
+        batch = int(extra[extra.index("--batch-size") + 1]) if "--batch-size" in extra else 8
         args += ["--epochs", str(-(-iters // -(-8 // batch)))]
     return [*args, "--classes", ",".join(NAMES), "--out", str(out), "--device", device, "--precision", precision,
             "--save-every", "1000"]  # fmt: skip

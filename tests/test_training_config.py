@@ -40,7 +40,7 @@ def test_train_config_round_trip_and_resume_rules() -> None:
         ({"iters": 0}, "--iters must be at least 1, got 0"),
         ({"lr": 0.0}, "--lr must be positive, got 0.0"),
         ({"precision": "fp16"}, "--precision must be one of fp32, bf16; got 'fp16'"),
-        ({"warmup": 1.0}, "--warmup is a fraction of --iters in [0, 1), got 1.0"),
+        ({"warmup": 1.0}, "--warmup-iters must be in [0, --iters) (--warmup: a fraction in [0, 1)), got 1 of --iters"),
         ({"context": 0}, "--context must be at least 1, got 0"),
     ],
 )
@@ -65,11 +65,11 @@ def test_schedules_by_hand() -> None:
 
 
 def test_generated_commands_show_every_field(tmp_path: Path) -> None:
-    """The options of refine train are the refiners' config fields, with their help; one of another
-    method (or not a refiner's) is refused."""
+    """The options of refine train are the refiners' config fields, with their help; a method that is
+    not a refiner is refused."""
     text = invoke("refine", "train", "--help").output
     for flag, words in (("--context", "context vectors"), ("--decoder-dim", "decoder"), ("--warmup", "warm-up"),
                         ("--precision", "bf16"), ("--weights", "CLIP"), ("--method", "weakclip")):  # fmt: skip
         assert flag in text and words in text, flag
     result = invoke("refine", "train", tmp_path, tmp_path, "--out", tmp_path / "o", "--method", "clims")
-    assert result.exit_code == 2 and "unknown --method 'clims'; available: weakclip" in result.output
+    assert result.exit_code == 2 and "'clims' is not one of 'weakclip'" in result.output

@@ -330,8 +330,8 @@ class Clims(CamMethod):
     Config = ClimsConfig
     cfg: ClimsConfig
     smoke_args = {
-        "tiny": ["--arch", "resnet18", "--crop", "64", "--clip-size", "32", "--batch", "2"],
-        "base": ["--arch", "resnet50", "--crop", "512", "--batch", "16"],
+        "tiny": ["--arch", "resnet18", "--crop", "64", "--clip-size", "32", "--batch-size", "2"],
+        "base": ["--arch", "resnet50", "--crop", "512", "--batch-size", "16"],
     }
     model: CAMNet
 

@@ -336,8 +336,8 @@ class Dalnet(CamMethod):
     Config = DalnetConfig
     cfg: DalnetConfig
     smoke_args = {
-        "tiny": ["--crop", "64", "--batch", "2", "--warmup", "1"],
-        "base": ["--crop", "448", "--batch", "4", "--warmup", "1"],
+        "tiny": ["--crop", "64", "--batch-size", "2", "--warmup-iters", "1"],
+        "base": ["--crop", "448", "--batch-size", "4", "--warmup-iters", "1"],
     }
     model: DALNet
 

@@ -135,8 +135,8 @@ class DeepLabRetrain(LearnedMethod):
     jsonl_files = (VAL,)
     # a few iterations of a tiny and of the paper-sized network (benchmarks/train_gpu_smoke.py, tests)
     smoke_args: ClassVar[dict[str, list[str]]] = {
-        "tiny": ["--arch", "deeplabv2-resnet18", "--crop", "64", "--batch", "2"],
-        "base": ["--arch", "deeplabv2-resnet101", "--crop", "321", "--batch", "10"],
+        "tiny": ["--arch", "deeplabv2-resnet18", "--crop", "64", "--batch-size", "2"],
+        "base": ["--arch", "deeplabv2-resnet101", "--crop", "321", "--batch-size", "10"],
     }
     samples_noun = "image/mask pairs"
     cfg: RetrainConfig

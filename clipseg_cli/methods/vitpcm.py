@@ -250,8 +250,8 @@ class VitPcm(CamMethod):
     Config = VitPcmConfig
     cfg: VitPcmConfig
     smoke_args = {
-        "tiny": ["--size", "64", "--batch", "4", "--lstm-hidden", "8", "--predict-size", "64"],
-        "base": ["--size", "384", "--batch", "8", "--predict-size", "384"],
+        "tiny": ["--size", "64", "--batch-size", "4", "--lstm-hidden", "8", "--predict-size", "64"],
+        "base": ["--size", "384", "--batch-size", "8", "--predict-size", "384"],
     }
     model: PatchClassMapper
 
