@@ -17,9 +17,23 @@ from clipseg_cli.errors import ConfigError
 from clipseg_cli.training.config import parse_scales
 
 
+def _used_by(option: str) -> str:
+    """Which registered methods read a predict option (their ``predict_options``)."""
+    from clipseg_cli.methods import all_methods
+
+    names = [name for name, m in all_methods().items() if option in m.predict_options]
+    return f" Used by: {', '.join(names)}." if names else " Used by no registered method."
+
+
+def _kinds() -> str:
+    from clipseg_cli.methods import all_methods
+
+    return ", ".join(f"{m.kind} ({m.name})" for m in all_methods().values())
+
+
 def predict(
     images: Path = typer.Argument(..., help="Images to segment (folder, searched recursively, or one file)."),
-    checkpoint: Path = cv.checkpoint_option("A checkpoint of any learned method (RUN/last.pt, RUN/best.pt of retrain)."),
+    checkpoint: Path = cv.checkpoint_option(f"A checkpoint of a learned method: RUN/last.pt (or RUN/best.pt of retrain); kinds: {_kinds()}."),
     labels: Optional[Path] = cv.labels_option(
         " Masks keep only each image's classes (others 255), unlabelled images are skipped; needed by CAM generators.",
         required=False,
@@ -32,9 +46,9 @@ def predict(
     device: str = cv.device_option(),
     overwrite: bool = cv.overwrite_option(),
     bg_threshold: Optional[float] = typer.Option(
-        None, "--bg-threshold", help="CAM generators (train-cam): background where no class map reaches this (default: the checkpoint's)."
+        None, "--bg-threshold", help="Background where no class map reaches this (default: the checkpoint's)." + _used_by("bg_threshold")
     ),
-    caa: bool = typer.Option(False, "--caa", help="CAM generators with a CLIP (clims): refine the maps with CLIP-ES's CAA."),
+    caa: bool = typer.Option(False, "--caa", help="Refine the maps with CLIP-ES's CAA on the CLIP the run was trained with." + _used_by("caa")),
 ) -> None:
     """Segment images with a trained checkpoint; masks are written like the main command's."""
     raise typer.Exit(

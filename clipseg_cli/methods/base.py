@@ -128,6 +128,9 @@ class LearnedMethod(TrainingHooks):
     # Method-specific options of a short run on tiny ("tiny") and paper-sized ("base") random networks:
     # what benchmarks/train_gpu_smoke.py and the engine's tests run for every method.
     smoke_args: ClassVar[dict[str, list[str]]] = {}
+    # The options of `wsss-label predict` beyond scales / flip / CRF this method's predictor reads
+    # (fields of clipseg_cli.inference.InferenceOptions); predict's help names the methods.
+    predict_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: RunConfig, device: torch.device | str = "cpu", inputs: MethodInputs | None = None) -> None:
         self.cfg = cfg
