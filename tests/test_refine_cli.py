@@ -13,14 +13,7 @@ import torch
 from PIL import Image
 
 from clipseg_cli.training.checkpoint import make_checkpoint, save_checkpoint
-from tests.conftest import (
-    assert_same_weights,
-    interrupted_run,
-    invoke,
-    labelled_shapes,
-    metrics_rows,
-    one_error_line,
-)
+from tests.conftest import assert_same_weights, interrupted_run, invoke, labelled_shapes, metrics_rows, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from clipseg_cli.cli import conventions as cv
-from clipseg_cli.cli.common import file_digest, predict_with_progress
+from clipseg_cli.cli.common import predict_settings, predict_with_progress
 from clipseg_cli.cli.console import handle_errors
 from clipseg_cli.cli.train_commands import command_class, make_command
 from clipseg_cli.errors import ConfigError
@@ -83,27 +83,15 @@ def _run_predict(
     from clipseg_cli.cli.common import load_clip_model
     from clipseg_cli.data.labels import labels_for_images, read_label_source, saved_image_labels
     from clipseg_cli.device import resolve_device
-    from clipseg_cli.inference import InferenceOptions, check_predict_rerun
+    from clipseg_cli.inference import InferenceOptions
     from clipseg_cli.methods import all_methods, method_for_kind
     from clipseg_cli.methods.base import checkpoint_clip
     from clipseg_cli.methods.refiner import RefinerPredictor, build_refiner
     from clipseg_cli.training.checkpoint import read_checkpoint
 
-    if not images.exists():
-        raise ConfigError(f"IMAGES {images}: no such file or folder")
     options = InferenceOptions(scales=parse_scales(scales), flip=flip)
     torch_device = resolve_device(device)
-    settings: dict[str, Any] = {
-        "command": "refine predict",
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": file_digest(checkpoint),
-        "scales": list(options.scales),
-        "flip": flip,
-        "crf": crf,
-        "labels_sha256": file_digest(labels or annotations),
-    }
-    if checkpoint.is_file():  # else reading it says what is wrong
-        check_predict_rerun(out, settings, overwrite)
+    settings = predict_settings("refine predict", images, checkpoint, out, options, crf, labels or annotations, overwrite)
     ckpt = read_checkpoint(checkpoint)
     method = method_for_kind(str(ckpt["kind"]), f"--checkpoint {checkpoint}")
     if method.family != "refiner":

@@ -4,12 +4,12 @@ method registry) and `wsss-label predict` (masks from any learned checkpoint).""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from clipseg_cli.cli import conventions as cv
-from clipseg_cli.cli.common import file_digest, predict_with_progress
+from clipseg_cli.cli.common import predict_settings, predict_with_progress
 from clipseg_cli.cli.console import handle_errors
 from clipseg_cli.cli.progress import loading
 from clipseg_cli.cli.train_commands import command_class, make_command
@@ -63,30 +63,18 @@ def _run_predict(
 ) -> int:  # fmt: skip
     from clipseg_cli.data.labels import read_label_source
     from clipseg_cli.device import resolve_device
-    from clipseg_cli.inference import InferenceOptions, check_predict_rerun, load_predictor
+    from clipseg_cli.inference import InferenceOptions, load_predictor
 
-    if not images.exists():
-        raise ConfigError(f"IMAGES {images}: no such file or folder")
     if bg_threshold is not None and not 0.0 <= bg_threshold <= 1.0:
         raise ConfigError(f"--bg-threshold must be in [0, 1], got {bg_threshold}")
     options = InferenceOptions(scales=parse_scales(scales), flip=flip, bg_threshold=bg_threshold, caa=caa)
     label_index = None if labels is None and annotations is None else read_label_source(labels, annotations)
     torch_device = resolve_device(device)
-    settings: dict[str, Any] = {
-        "command": "predict",
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": file_digest(checkpoint),
-        "scales": list(options.scales),
-        "flip": flip,
-        "crf": crf,
-        "labels": str(labels or annotations) if labels or annotations else None,
-        "labels_sha256": file_digest(labels or annotations),
-        "bg_threshold": bg_threshold,
-        "caa": caa,
-        "device": str(torch_device),
-    }
-    if checkpoint.is_file():  # else loading says what is wrong with it
-        check_predict_rerun(out, settings, overwrite)
+    settings = predict_settings(
+        "predict", images, checkpoint, out, options, crf, labels or annotations, overwrite,
+        labels=str(labels or annotations) if labels or annotations else None, bg_threshold=bg_threshold, caa=caa,
+        device=str(torch_device),
+    )  # fmt: skip
     with loading(f"loading the model ({checkpoint.name}) on {torch_device}"):
         predictor = load_predictor(checkpoint, torch_device, options)
     settings["class_names"] = list(predictor.class_names)

@@ -71,6 +71,31 @@ def file_digest(path: Path | None) -> str | None:
     return sha256_of(path) if path is not None and path.is_file() else None
 
 
+def predict_settings(
+    command: str, images: Path, checkpoint: Path, out: Path, options: Any, crf: bool, labels_file: Path | None,
+    overwrite: bool, **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The settings a predict run records in predict.json; a rerun into ``out`` with other decisive
+    ones is refused here, before any model loads."""
+    from clipseg_cli.inference import check_predict_rerun
+
+    if not images.exists():
+        raise ConfigError(f"IMAGES {images}: no such file or folder")
+    settings: dict[str, Any] = {
+        "command": command,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_digest(checkpoint),
+        "scales": list(options.scales),
+        "flip": options.flip,
+        "crf": crf,
+        "labels_sha256": file_digest(labels_file),
+        **extra,
+    }
+    if checkpoint.is_file():  # else reading it says what is wrong
+        check_predict_rerun(out, settings, overwrite)
+    return settings
+
+
 def predict_with_progress(
     images: Path, out: Path, predictor: Any, *, crf: bool, overwrite: bool, settings: dict[str, Any],
     device: Any, description: str, labels: Any = None,

@@ -328,12 +328,12 @@ class Clims(CamMethod):
         "`wsss-label predict --checkpoint RUN/last.pt --labels LABELS`."
     )
     Config = ClimsConfig
-    cfg: ClimsConfig
     predict_options = ("bg_threshold", "caa")
     smoke_args = {
         "tiny": ["--arch", "resnet18", "--crop", "64", "--clip-size", "32", "--batch-size", "2"],
         "base": ["--arch", "resnet50", "--crop", "512", "--batch-size", "16"],
     }
+    cfg: ClimsConfig
     model: CAMNet
 
     def setup(self, ckpt: dict[str, Any] | None) -> None:

@@ -53,8 +53,8 @@ from clipseg_cli.methods.base import (
     clip_weights_record,
     weights_setting,
 )
-from clipseg_cli.methods.vit_backbone import TimmViT, build_backbone, forward_tokens, vit_width
-from clipseg_cli.training.config import RunConfig, setting
+from clipseg_cli.methods.vit_backbone import TimmViT, ViTConfig, build_backbone, forward_tokens, vit_width
+from clipseg_cli.training.config import setting
 from clipseg_cli.training.data import seed_everything
 from clipseg_cli.training.engine import Trainer
 from clipseg_cli.training.reporting import QuietReporter
@@ -267,11 +267,9 @@ def augment(image: np.ndarray, rng: np.random.Generator, crop: int, scales: tupl
 
 
 @dataclass(kw_only=True)
-class DalnetConfig(RunConfig):
+class DalnetConfig(ViTConfig):
     """Everything ``train-cam dalnet`` is asked for; the defining fields are kept on --resume."""
 
-    backbone: str = setting("clip", "clip: our CLIP's image tower, fine-tuned; FILE: a timm ViT-B/16 state dict.",
-                            metavar="clip|FILE")  # fmt: skip
     weights: Path | None = weights_setting(
         "CLIP checkpoint for the frozen text encoder (and --backbone clip) (default: $WSSS_LABEL_WEIGHTS, "
         "else the cached ViT-B-16.pt)."
@@ -334,12 +332,12 @@ class Dalnet(CamMethod):
     kind = KIND
     summary = "Train DALNet's CAMs: ViT + frozen CLIP text, global implicit and local explicit alignment, ToCo patch contrast."
     Config = DalnetConfig
-    cfg: DalnetConfig
     predict_options = ("bg_threshold",)
     smoke_args = {
         "tiny": ["--crop", "64", "--batch-size", "2", "--warmup-iters", "1"],
         "base": ["--crop", "448", "--batch-size", "4", "--warmup-iters", "1"],
     }
+    cfg: DalnetConfig
     model: DALNet
 
     def __init__(self, cfg: DalnetConfig, device: torch.device | str = "cpu", inputs: MethodInputs | None = None, *,

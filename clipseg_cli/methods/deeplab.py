@@ -133,12 +133,12 @@ class DeepLabRetrain(LearnedMethod):
     summary = "Train DeepLabV2 on pseudo masks with the confidence-guided loss (pixels labelled 255 are ignored)."
     Config = RetrainConfig
     jsonl_files = (VAL,)
+    samples_noun = "image/mask pairs"
     # a few iterations of a tiny and of the paper-sized network (benchmarks/train_gpu_smoke.py, tests)
     smoke_args: ClassVar[dict[str, list[str]]] = {
         "tiny": ["--arch", "deeplabv2-resnet18", "--crop", "64", "--batch-size", "2"],
         "base": ["--arch", "deeplabv2-resnet101", "--crop", "321", "--batch-size", "10"],
     }
-    samples_noun = "image/mask pairs"
     cfg: RetrainConfig
     model: DeepLabV2
 

@@ -19,6 +19,7 @@ positional embeddings interpolated to the image's patch grid), ``blocks`` (each 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,8 +29,21 @@ from torch import nn
 
 from clipseg_cli.clip.model import interpolate_positional_embedding
 from clipseg_cli.errors import ConfigError
+from clipseg_cli.methods.base import weights_setting
+from clipseg_cli.training.config import RunConfig, setting
 
-__all__ = ["TimmViT", "build_backbone", "tiny_vit", "forward_tokens", "patch_tokens", "vit_width"]
+
+@dataclass(kw_only=True)
+class ViTConfig(RunConfig):
+    """The settings of a method on a ViT backbone built by :func:`build_backbone`."""
+
+    backbone: str = setting("clip", "clip: our CLIP's image tower; FILE: a timm-layout ImageNet ViT state dict.",
+                            metavar="clip|FILE")  # fmt: skip
+    weights: Path | None = weights_setting(
+        "CLIP checkpoint for --backbone clip (default: $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt)."
+    )
+
+__all__ = ["TimmViT", "ViTConfig", "build_backbone", "tiny_vit", "forward_tokens", "patch_tokens", "vit_width"]
 
 
 class _Attention(nn.Module):

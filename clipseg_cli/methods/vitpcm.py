@@ -41,11 +41,11 @@ from clipseg_cli.data.labels import ImageLabels, saved_image_labels
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
-from clipseg_cli.methods.base import CamMethod, model_mismatch, weights_setting
-from clipseg_cli.methods.vit_backbone import TimmViT, build_backbone, patch_tokens, vit_width
+from clipseg_cli.methods.base import CamMethod, model_mismatch
+from clipseg_cli.methods.vit_backbone import TimmViT, ViTConfig, build_backbone, patch_tokens, vit_width
 from clipseg_cli.methods import vitpcm_equivariance as eqv
 from clipseg_cli.segmentation.deeplab import Normalization
-from clipseg_cli.training.config import RunConfig, setting
+from clipseg_cli.training.config import setting
 from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_everything, stream_loader
 
 KIND = "cam.vitpcm"
@@ -203,14 +203,9 @@ class ResizedImages(LabelledImages):
 
 # -- configuration and training ------------------------------------------------------------------
 @dataclass(kw_only=True)
-class VitPcmConfig(RunConfig):
+class VitPcmConfig(ViTConfig):
     """Everything ``train-cam vitpcm`` is asked for; the defining fields are kept on --resume."""
 
-    backbone: str = setting("clip", "clip: our CLIP's image tower; FILE: a timm-layout ImageNet ViT state dict.",
-                            metavar="clip|FILE")  # fmt: skip
-    weights: Path | None = weights_setting(
-        "CLIP checkpoint for --backbone clip (default: $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt)."
-    )
     size: int = setting(384, "Training images are resized to SIZE x SIZE (a multiple of twice the patch size).",
                         minimum=32)  # fmt: skip
     epochs: int | None = setting(None, "Training length in passes over the labelled images (this method's unit); "
@@ -248,11 +243,11 @@ class VitPcm(CamMethod):
         "2x2 mosaics. Masks: `wsss-label predict IMAGES --checkpoint RUN/last.pt`."
     )
     Config = VitPcmConfig
-    cfg: VitPcmConfig
     smoke_args = {
         "tiny": ["--size", "64", "--batch-size", "4", "--lstm-hidden", "8", "--predict-size", "64"],
         "base": ["--size", "384", "--batch-size", "8", "--predict-size", "384"],
     }
+    cfg: VitPcmConfig
     model: PatchClassMapper
 
     def setup(self, ckpt: dict[str, Any] | None) -> None:
