@@ -134,25 +134,6 @@ def test_resume_is_bit_exact(data: Path, golden_weights: Path, tmp_path: Path, m
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--crop", "48"], "--crop"),
-        (["--iters", "0"], "--iters"),
-        (["--warmup-iters", "1"], "--warmup-iters"),
-        (["--context", "0"], "--context"),
-        (["--method", "clims"], "--method"),
-        (["--scales", "1,x"], "--scales"),
-        (["--classes", "red,green"], "blue"),
-        (["--context", "90"], "--context"),
-    ],
-)
-def test_bad_train_options(data: Path, golden_weights: Path, tmp_path: Path, args: list[str], words: str) -> None:
-    result = invoke(*train_args(data, golden_weights, tmp_path / "run", "--iters", "1", *args))
-    assert result.exit_code == 2
-    assert words in one_error_line(result)
-
-
 def test_bad_train_inputs(data: Path, golden_weights: Path, tmp_path: Path) -> None:
     args = train_args(data, golden_weights, tmp_path / "r1", "--iters", "1")
     args[3] = tmp_path / "nope"

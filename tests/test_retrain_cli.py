@@ -106,21 +106,6 @@ def test_mask_of_wrong_size_or_label(data: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "out of range" in one_error_line(result)
 
 
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--arch", "deeplabv3"], "--arch"),
-        (["--scales", "0.5,x"], "--scales"),
-        (["--iters", "0"], "--iters"),
-        (["--classes", "missing-file.txt"], "class"),
-    ],
-)
-def test_bad_options(data: Path, tmp_path: Path, args: list[str], words: str) -> None:
-    result = invoke("retrain", data / "images", data / "masks", *TINY, *args, "--out", tmp_path / "run")
-    assert result.exit_code == 2
-    assert words in one_error_line(result)
-
-
 def test_bad_init_file(data: Path, tmp_path: Path) -> None:
     bad = tmp_path / "weights.pth"
     bad.write_bytes(b"\x00garbage")
