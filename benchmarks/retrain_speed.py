@@ -22,9 +22,9 @@ import time
 def measure(arch: str, crop: int, batch: int, iters: int, warmup: int, device_name: str, frozen_bn: bool, threads: int) -> dict:
     import torch
 
+    from clipseg_cli.methods.deeplab import build_optimizer
     from clipseg_cli.segmentation.deeplab import build_deeplabv2
     from clipseg_cli.segmentation.losses import confidence_guided_ce
-    from clipseg_cli.methods.deeplab import build_optimizer
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from clipseg_cli.methods import clims
 from clipseg_cli.clip.model import CLIP, CLIPConfig
+from clipseg_cli.methods import clims
 
 VIT_B16 = CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                      context_length=77, vocab_size=49408, text_width=512, text_heads=8, text_layers=12)  # fmt: skip

@@ -16,15 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipseg_cli.data.images import list_images, read_rgb
 from clipseg_cli.data.labels import LabelIndex
 from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.io.atomic import write_json
 from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
-from clipseg_cli.data.images import list_images, read_rgb
 from clipseg_cli.run_settings import Decisive, read_record, rerun_conflict
 from clipseg_cli.segmentation.deeplab import Normalization, upsample_logits
 from clipseg_cli.training.checkpoint import read_checkpoint
-
 
 PREDICT_FILE = "predict.json"
 # The settings of predict.json that decide the masks of `predict` and `refine predict`: a rerun

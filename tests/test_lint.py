@@ -3,12 +3,16 @@
 - The library knows nothing of the terminal: no module outside ``clipseg_cli/cli/`` imports
   ``clipseg_cli.cli``, Typer or Rich (progress goes through callbacks). ``clipseg_cli/__main__.py``,
   the ``python -m clipseg_cli`` entry point, is the one exception.
+- ``ruff check`` and ``ruff format --check`` pass on the whole tree (settings in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "clipseg_cli"
@@ -54,3 +58,18 @@ def test_library_modules_never_import_the_terminal() -> None:
             continue
         offenders += [f"{path.relative_to(ROOT)}:{line} imports {m}" for line, m in imported_modules(path) if is_terminal(m)]
     assert offenders == [], "\n".join(offenders)
+
+
+def ruff_binary() -> str:
+    try:
+        from ruff.__main__ import find_ruff_bin
+    except ImportError:
+        pytest.skip("ruff is not installed here (pip install -e '.[test]' installs it; CI does)")
+    return str(find_ruff_bin())
+
+
+@pytest.mark.parametrize("args", [["check", "--no-fix"], ["format", "--check"]], ids=["check", "format"])
+def test_ruff(args: list[str]) -> None:
+    result = subprocess.run([ruff_binary(), *args, "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 from clipseg_cli.clip.loading import load_clip
 from clipseg_cli.errors import ConfigError
-from clipseg_cli.methods.refiner import CLIP_NORM, RefineDataset
-from clipseg_cli.training.schedules import warmup_cosine_lr as scheduled_lr
-from clipseg_cli.methods.weakclip_losses import balanced_seed_loss, boundary_loss, crf_targets, seeds_at
-from clipseg_cli.methods.weakclip import WeakCLIP, encode_prompt_embeddings, stage_ends
-from clipseg_cli.segmentation.dataset import find_pairs
 from clipseg_cli.inference import keep_image_labels, predict_folder
+from clipseg_cli.methods.refiner import CLIP_NORM, RefineDataset
+from clipseg_cli.methods.weakclip import WeakCLIP, encode_prompt_embeddings, stage_ends
+from clipseg_cli.methods.weakclip_losses import balanced_seed_loss, boundary_loss, crf_targets, seeds_at
+from clipseg_cli.segmentation.dataset import find_pairs
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
+from clipseg_cli.training.schedules import warmup_cosine_lr as scheduled_lr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLASSES = ["cat", "dog", "person"]

@@ -22,7 +22,6 @@ from tests.conftest import (
     one_error_line,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = ["--classes", "a,b,c", "--arch", "deeplabv2-resnet18", "--crop", "32", "--scales", "0.75,1,1.25", "--device", "cpu"]
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipseg_cli.methods.deeplab import build_optimizer
 from clipseg_cli.segmentation.augment import train_augment
 from clipseg_cli.segmentation.deeplab import build_deeplabv2
 from clipseg_cli.segmentation.losses import balanced_ce, balanced_class_weights, confidence_guided_ce
-from clipseg_cli.methods.deeplab import build_optimizer
 from clipseg_cli.training.schedules import poly_lr, set_lr
 
 

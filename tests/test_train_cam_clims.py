@@ -154,8 +154,8 @@ def test_train_resume_exact_and_predict(data: Path, golden_weights: Path, tmp_pa
 def test_predictor_probabilities_and_threshold(data: Path) -> None:
     torch.manual_seed(0)
     net = clims.CAMNet(18, 3)
-    from clipseg_cli.segmentation.deeplab import IMAGENET_NORM
     from clipseg_cli.inference import InferenceOptions
+    from clipseg_cli.segmentation.deeplab import IMAGENET_NORM
 
     image = np.asarray(Image.open(next((data / "images").glob("*.png"))).convert("RGB"))
     pred = clims.ClimsPredictor(net, IMAGENET_NORM, NAMES, torch.device("cpu"), InferenceOptions((1.0,), True), 0.15, {})
@@ -197,8 +197,8 @@ def test_evaluator_matches_a_hand_built_pair(golden_weights: Path) -> None:
 
 def test_predictor_caa_on_clip_attention(data: Path, golden_weights: Path) -> None:
     from clipseg_cli.clip.loading import load_clip
-    from clipseg_cli.segmentation.deeplab import IMAGENET_NORM
     from clipseg_cli.inference import InferenceOptions
+    from clipseg_cli.segmentation.deeplab import IMAGENET_NORM
 
     torch.manual_seed(0)
     net = clims.CAMNet(18, 3)

@@ -13,11 +13,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clipseg_cli.clip.model import CLIP
 from clipseg_cli.methods import dalnet as D
 from clipseg_cli.methods.vit_backbone import TimmViT, build_backbone, forward_tokens, patch_tokens, tiny_vit
-from clipseg_cli.clip.model import CLIP
 from clipseg_cli.segmentation.synthetic import write_shapes_dataset
-from tests.conftest import assert_same_weights, interrupted_run, metrics_rows, random_clip_state, tiny_config, write_labels
+from tests.conftest import (
+    assert_same_weights,
+    interrupted_run,
+    metrics_rows,
+    random_clip_state,
+    tiny_config,
+    write_labels,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLASSES = ("red", "green", "blue")

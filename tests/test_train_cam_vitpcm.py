@@ -11,6 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from clipseg_cli.data.labels import read_labels_file
+from clipseg_cli.io.masks import load_label_map
+from clipseg_cli.methods.base import MethodInputs
 from clipseg_cli.methods.vit_backbone import tiny_vit
 from clipseg_cli.methods.vitpcm import (
     HVBiLSTM,
@@ -31,9 +34,6 @@ from clipseg_cli.methods.vitpcm_equivariance import (
     unwarp,
     warp,
 )
-from clipseg_cli.data.labels import read_labels_file
-from clipseg_cli.methods.base import MethodInputs
-from clipseg_cli.io.masks import load_label_map
 from clipseg_cli.training.checkpoint import read_checkpoint
 from clipseg_cli.training.engine import train
 from tests.conftest import Cli, assert_same_weights, interrupted_run, labelled_shapes, metrics_rows, write_labels
@@ -266,8 +266,8 @@ def test_clip_backbone_trains_saves_and_rebuilds(
 ) -> None:
     """--backbone clip: our CLIP's image tower (the golden tiny CLIP, /16 patches), rebuilt from the
     checkpoint alone for predict (no CLIP file needed), giving the same probabilities."""
-    from clipseg_cli.methods.vitpcm import build_model, describe_backbone
     from clipseg_cli.clip.loading import load_clip
+    from clipseg_cli.methods.vitpcm import build_model, describe_backbone
 
     cli = Cli()
     out = tmp_path / "clip"

@@ -9,9 +9,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.common import emit_report
 from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.evaluation.classnames import resolve_class_names

@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING, Callable, Literal, Optional
 
 import typer
 
-from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.cli import conventions as cv
-from clipseg_cli.cli.progress import Progress, echo, failure_line
 from clipseg_cli.auto_labels import DEFAULT_LABEL_THRESHOLD
+from clipseg_cli.cli import conventions as cv
+from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.progress import Progress, echo, failure_line
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
 if TYPE_CHECKING:
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
     from clipseg_cli.data.classes import ClassSet
     from clipseg_cli.data.labels import LabelIndex
-    from clipseg_cli.labeling import Engine, LabelJob, OutputLayout, Outcome, Plan
+    from clipseg_cli.labeling import Engine, LabelJob, Outcome, OutputLayout, Plan
 
 AUTO = "auto"  # --labels auto
 BACKENDS = ("local", "ray")
@@ -253,7 +253,14 @@ def _auto_labels(
     Returns the label index, every entry, the images that could not be scored and the
     predictor (None when every image already had its labels: no model was loaded).
     """
-    from clipseg_cli.auto_labels import AUTO_LABELS_FILE, AutoLabelRun, LabelScorer, label_images, read_auto_labels, write_auto_labels
+    from clipseg_cli.auto_labels import (
+        AUTO_LABELS_FILE,
+        AutoLabelRun,
+        LabelScorer,
+        label_images,
+        read_auto_labels,
+        write_auto_labels,
+    )
     from clipseg_cli.data.image_list import image_stem
     from clipseg_cli.data.images import find_images
     from clipseg_cli.data.labels import LabelIndex

@@ -52,7 +52,14 @@ def _run(
     from clipseg_cli.errors import ConfigError
     from clipseg_cli.io.atomic import write_bytes, write_json
     from clipseg_cli.reproduce import (
-        build_table, coco_dataset, evaluate_run, labels_from_gt, scoreable, split_stems, table_markdown, voc_dataset,
+        build_table,
+        coco_dataset,
+        evaluate_run,
+        labels_from_gt,
+        scoreable,
+        split_stems,
+        table_markdown,
+        voc_dataset,
     )  # fmt: skip
     from clipseg_cli.run_settings import read_record
 

@@ -12,9 +12,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.common import emit_report, load_clip_model
 from clipseg_cli.cli.console import console, fail, handle_errors
-from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError
 

@@ -41,9 +41,9 @@ from clipseg_cli.data.labels import ImageLabels, saved_image_labels
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
+from clipseg_cli.methods import vitpcm_equivariance as eqv
 from clipseg_cli.methods.base import CamMethod, model_mismatch
 from clipseg_cli.methods.vit_backbone import TimmViT, ViTConfig, build_backbone, patch_tokens, vit_width
-from clipseg_cli.methods import vitpcm_equivariance as eqv
 from clipseg_cli.segmentation.deeplab import Normalization
 from clipseg_cli.training.config import setting
 from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_everything, stream_loader

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from clipseg_cli.data.images import image_size, list_images, read_rgb
 from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.io.masks import IGNORE_LABEL, load_label_map
-from clipseg_cli.data.images import image_size, list_images, read_rgb
 from clipseg_cli.segmentation.augment import train_augment
 from clipseg_cli.segmentation.deeplab import Normalization
 from clipseg_cli.training.data import read_or_blank
