@@ -76,7 +76,7 @@ def command_line(name: str, size: str, inputs: dict[str, Path], out: Path, devic
     }[method.family]
     if "weights" in fields:
         args += ["--weights", str(inputs["weights"])]
-    extra = list(method.smoke_args[size])
+    extra = method.smoke_args[size].split()
     args += extra
     if "iters" in fields:
         args += ["--iters", str(iters)]

@@ -170,3 +170,24 @@ def assert_same_weights(a_path: Path, b_path: Path) -> tuple[dict, dict]:
         for key in sa:
             assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
     return a, b
+
+
+def check_resume_rules(monkeypatch: pytest.MonkeyPatch, root: Path, stop: int, run, changed: list[str], word: str,  # type: ignore[no-untyped-def]  # noqa: ANN001
+                       resume) -> tuple[dict, dict]:  # fmt: skip
+    """The rules every training command follows, with ``run(out, *extra)`` a training command into
+    ``out``: a full run into ``root/full``; one into ``root/cut`` interrupted after iteration
+    ``stop``; a rerun into it without ``--resume`` refused (exit 2, naming --resume); one with
+    ``--resume`` and ``changed`` defining settings refused (exit 2, naming ``word``); ``resume()``
+    (the command with --resume and only what it needs) succeeds. Returns the two last.pt, with
+    bit-identical weights and optimizer state."""
+    full = run(root / "full")
+    assert full.exit_code == 0, full.output
+    interrupted_run(monkeypatch, stop, root / "cut", lambda: run(root / "cut"))
+    again = run(root / "cut")
+    assert again.exit_code == 2 and "--resume" in again.output
+    refused = run(root / "cut", *changed, "--resume")
+    assert refused.exit_code == 2 and word in refused.output
+    resumed = resume()
+    assert resumed.exit_code == 0, resumed.output
+    return assert_same_weights(root / "full" / "last.pt", root / "cut" / "last.pt")
+

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from clipseg_cli.methods import clims
-from tests.conftest import assert_same_weights, interrupted_run, invoke, labelled_shapes, metrics_rows
+from tests.conftest import check_resume_rules, invoke, labelled_shapes, metrics_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,17 +117,10 @@ def test_train_resume_exact_and_predict(data: Path, golden_weights: Path, tmp_pa
 
     clip_before = clip_digest(load_clip(golden_weights, "cpu"))
     common = ["--iters", "4", "--lr", "1e-2", "--save-every", "3"]
-    full = invoke(*train_args(data, golden_weights, tmp_path / "full", *common))
-    assert full.exit_code == 0, full.output
-    interrupted_run(monkeypatch, 2, tmp_path / "cut", lambda: invoke(*train_args(data, golden_weights, tmp_path / "cut", *common)))
-    again = invoke(*train_args(data, golden_weights, tmp_path / "cut", *common))
-    assert again.exit_code == 2 and "--resume" in again.output
-    changed = invoke(*train_args(data, golden_weights, tmp_path / "cut", "--alpha", "3", "--resume"))
-    assert changed.exit_code == 2 and "alpha" in changed.output
-    resumed = invoke("train-cam", "clims", data / "images", "--out", tmp_path / "cut", "--resume", "--device", "cpu")
-    assert resumed.exit_code == 0, resumed.output
-
-    a, b = assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
+    a, b = check_resume_rules(
+        monkeypatch, tmp_path, 2, lambda out, *x: invoke(*train_args(data, golden_weights, out, *common, *x)), ["--alpha", "3"],
+        "alpha", lambda: invoke("train-cam", "clims", data / "images", "--out", tmp_path / "cut", "--resume", "--device", "cpu"),
+    )  # fmt: skip
     assert a["kind"] == b["kind"] == "cam.clims" and a["iteration"] == b["iteration"] == 4
     assert a["model_config"]["options"]["alpha"] == 10.0 and a["model_config"]["bg_prompts"][0] == ["river", "sea", "lake"]
     assert all("momentum_buffer" in s for s in b["optimizer"]["state"].values())

@@ -221,8 +221,8 @@ def test_cli_clip_backbone_and_errors(cli, cli_setup: dict[str, Path]) -> None: 
     weights = s["tmp"] / "clip2.pt"
     torch.save(random_clip_state(vision_layers=3), weights)
     out = s["tmp"] / "clip-run"
-    result = cli("train-cam", "dalnet", s["images"], "--labels", s["labels"], "--classes", ",".join(CLASSES), "--out", out,
-                 "--weights", weights, "--iters", "2", "--batch-size", "1", "--crop", "32", "--warmup-iters", "1", "--device", "cpu")
+    result = _train(cli, s, out, "--backbone", "clip", "--weights", weights, "--iters", "2", "--batch-size", "1",
+                    "--warmup-iters", "1", "--lr", "6e-5", "--save-every", "1000")  # fmt: skip
     assert result.exit_code == 0, result.output
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["model_config"]["arch"] == "clip" and ck["model_config"]["inter_block"] == 1
@@ -232,6 +232,5 @@ def test_cli_clip_backbone_and_errors(cli, cli_setup: dict[str, Path]) -> None: 
 
     bad = _train(cli, s, s["tmp"] / "bad", "--seg-head")
     assert bad.exit_code != 0 and "seg-head" in bad.output
-    bad = cli("train-cam", "dalnet", s["images"], "--labels", s["labels"], "--classes", ",".join(CLASSES), "--out",
-              s["tmp"] / "bad2", "--backbone", s["tmp"] / "nope.pt", "--weights", s["weights"], "--device", "cpu")
+    bad = _train(cli, s, s["tmp"] / "bad2", "--backbone", s["tmp"] / "nope.pt")
     assert bad.exit_code != 0 and "neither 'clip' nor a file" in bad.output

@@ -36,7 +36,7 @@ from clipseg_cli.methods.vitpcm_equivariance import (
 )
 from clipseg_cli.training.checkpoint import read_checkpoint
 from clipseg_cli.training.engine import train
-from tests.conftest import Cli, assert_same_weights, interrupted_run, labelled_shapes, metrics_rows, write_labels
+from tests.conftest import Cli, check_resume_rules, labelled_shapes, metrics_rows, write_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -191,38 +191,11 @@ def test_cli_resume_is_exact_then_predict(
     cli = Cli()
     backbone = tmp_path / "vit.pt"
     torch.save(small_vit().state_dict(), backbone)
-    common = [
-        "--epochs",
-        "3",
-        "--frozen-epochs",
-        "1",
-        "--unfreeze",
-        "1",
-        "--save-every",
-        "2",
-    ]
-    full = cli(*train_args(shapes, backbone, tmp_path / "full", *common))
-    assert full.exit_code == 0, full.output
-    interrupted_run(monkeypatch, 5, tmp_path / "cut", lambda: cli(*train_args(shapes, backbone, tmp_path / "cut", *common)))
-    again = cli(*train_args(shapes, backbone, tmp_path / "cut", *common))
-    assert again.exit_code == 2 and "--resume" in again.output
-    changed = cli(
-        *train_args(shapes, backbone, tmp_path / "cut", "--epochs", "4", "--resume")
-    )
-    assert changed.exit_code == 2 and "epochs" in changed.output
-    resumed = cli(
-        "train-cam",
-        "vitpcm",
-        shapes / "images",
-        "--out",
-        tmp_path / "cut",
-        "--resume",
-        "--device",
-        "cpu",
-    )
-    assert resumed.exit_code == 0, resumed.output
-
-    a, b = assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
+    common = ["--epochs", "3", "--frozen-epochs", "1", "--unfreeze", "1", "--save-every", "2"]
+    a, b = check_resume_rules(
+        monkeypatch, tmp_path, 5, lambda out, *x: cli(*train_args(shapes, backbone, out, *common, *x)), ["--epochs", "4"], "epochs",
+        lambda: cli("train-cam", "vitpcm", shapes / "images", "--out", tmp_path / "cut", "--resume", "--device", "cpu"),
+    )  # fmt: skip
     assert a["kind"] == b["kind"] == "cam.vitpcm" and a["iteration"] == b["iteration"] == 9
     assert all({"exp_avg", "exp_avg_sq"} <= set(s) for s in b["optimizer"]["state"].values())
     ra, rb = metrics_rows(tmp_path / "full"), metrics_rows(tmp_path / "cut")

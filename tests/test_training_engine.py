@@ -75,26 +75,26 @@ def test_resume_is_bit_exact_in_bf16(name: str, inputs: dict[str, Path], tmp_pat
     assert (tmp_path / "cut" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize(
-    "name, extra, words",
-    [  # (moved here from the retrain and refine CLI tests: one table for every training command)
-        ("deeplabv2", ["--arch", "deeplabv3"], "--arch"),
-        ("deeplabv2", ["--scales", "0.5,x"], "--scales"),
-        ("deeplabv2", ["--iters", "0"], "--iters"),
-        ("deeplabv2", ["--classes", "missing-file.txt"], "class"),
-        ("weakclip", ["--crop", "48"], "--crop"),
-        ("weakclip", ["--iters", "0"], "--iters"),
-        ("weakclip", ["--warmup-iters", "1"], "--warmup-iters"),
-        ("weakclip", ["--context", "0"], "--context"),
-        ("weakclip", ["--method", "clims"], "--method"),
-        ("weakclip", ["--scales", "1,x"], "--scales"),
-        ("weakclip", ["--classes", "red,green"], "blue"),
-        ("weakclip", ["--context", "90"], "--context"),
-    ],
-)
-def test_bad_values_are_one_line_errors(name: str, extra: list[str], words: str, inputs: dict[str, Path],
-                                        tmp_path: Path) -> None:  # fmt: skip
-    result = Cli()(*args(name, inputs, tmp_path / "run", 1, *extra))
+# method | options | what the error line names (moved here from the retrain and refine CLI tests)
+BAD_VALUES = """
+deeplabv2 | --arch deeplabv3 | --arch
+deeplabv2 | --scales 0.5,x | --scales
+deeplabv2 | --iters 0 | --iters
+deeplabv2 | --classes missing-file.txt | class
+weakclip | --crop 48 | --crop
+weakclip | --iters 0 | --iters
+weakclip | --warmup-iters 1 | --warmup-iters
+weakclip | --context 0 | --context
+weakclip | --method clims | --method
+weakclip | --scales 1,x | --scales
+weakclip | --classes red,green | blue
+weakclip | --context 90 | --context
+"""
+
+
+@pytest.mark.parametrize("name, extra, words", [[c.strip() for c in row.split("|")] for row in BAD_VALUES.strip().splitlines()])
+def test_bad_values_are_one_line_errors(name: str, extra: str, words: str, inputs: dict[str, Path], tmp_path: Path) -> None:
+    result = Cli()(*args(name, inputs, tmp_path / "run", 1, *extra.split()))
     assert result.exit_code == 2
     assert words in one_error_line(result)
 

@@ -125,9 +125,10 @@ class LearnedMethod(TrainingHooks):
     kind: ClassVar[str]  # type: ignore[misc]
     summary: ClassVar[str] = ""
     Config: ClassVar[type[RunConfig]] = RunConfig
-    # Method-specific options of a short run on tiny ("tiny") and paper-sized ("base") random networks:
-    # what benchmarks/train_gpu_smoke.py and the engine's tests run for every method.
-    smoke_args: ClassVar[dict[str, list[str]]] = {}
+    # Method-specific options of a short run on tiny ("tiny") and paper-sized ("base": the defaults are
+    # the paper's, so only what differs) random networks, as typed on the command line: what
+    # benchmarks/train_gpu_smoke.py and the engine's tests run.
+    smoke_args: ClassVar[dict[str, str]] = {}
     # The options of `wsss-label predict` beyond scales / flip / CRF this method's predictor reads
     # (fields of clipseg_cli.inference.InferenceOptions); predict's help names the methods.
     predict_options: ClassVar[tuple[str, ...]] = ()

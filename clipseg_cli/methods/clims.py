@@ -329,10 +329,7 @@ class Clims(CamMethod):
     )
     Config = ClimsConfig
     predict_options = ("bg_threshold", "caa")
-    smoke_args = {
-        "tiny": ["--arch", "resnet18", "--crop", "64", "--clip-size", "32", "--batch-size", "2"],
-        "base": ["--arch", "resnet50", "--crop", "512", "--batch-size", "16"],
-    }
+    smoke_args = {"tiny": "--arch resnet18 --crop 64 --clip-size 32 --batch-size 2", "base": ""}
     cfg: ClimsConfig
     model: CAMNet
 

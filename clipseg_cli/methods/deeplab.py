@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -134,11 +134,7 @@ class DeepLabRetrain(LearnedMethod):
     Config = RetrainConfig
     jsonl_files = (VAL,)
     samples_noun = "image/mask pairs"
-    # a few iterations of a tiny and of the paper-sized network (benchmarks/train_gpu_smoke.py, tests)
-    smoke_args: ClassVar[dict[str, list[str]]] = {
-        "tiny": ["--arch", "deeplabv2-resnet18", "--crop", "64", "--batch-size", "2"],
-        "base": ["--arch", "deeplabv2-resnet101", "--crop", "321", "--batch-size", "10"],
-    }
+    smoke_args = {"tiny": "--arch deeplabv2-resnet18 --crop 64 --batch-size 2", "base": ""}
     cfg: RetrainConfig
     model: DeepLabV2
 

@@ -243,10 +243,7 @@ class VitPcm(CamMethod):
         "2x2 mosaics. Masks: `wsss-label predict IMAGES --checkpoint RUN/last.pt`."
     )
     Config = VitPcmConfig
-    smoke_args = {
-        "tiny": ["--size", "64", "--batch-size", "4", "--lstm-hidden", "8", "--predict-size", "64"],
-        "base": ["--size", "384", "--batch-size", "8", "--predict-size", "384"],
-    }
+    smoke_args = {"tiny": "--size 64 --batch-size 4 --lstm-hidden 8 --predict-size 64", "base": "--predict-size 384"}
     cfg: VitPcmConfig
     model: PatchClassMapper
 

@@ -338,7 +338,4 @@ class WeakClipRefiner(RefinerMethod):
     )
     Config = WeakClipConfig
     Model = WeakCLIP
-    smoke_args = {
-        "tiny": ["--crop", "64", "--batch-size", "2", "--context", "4", "--decoder-dim", "16", "--warmup-iters", "0"],
-        "base": ["--crop", "512", "--batch-size", "8", "--warmup-iters", "0"],
-    }
+    smoke_args = {"tiny": "--crop 64 --batch-size 2 --context 4 --decoder-dim 16 --warmup-iters 0", "base": ""}
