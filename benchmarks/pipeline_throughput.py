@@ -135,9 +135,7 @@ class Sampler(threading.Thread):
             self.stopped.wait(self.period)
 
 
-def run_case(
-    images: Path, labels: Path, weights: Path, out: Path, workers: int, max_side: int = 1024, threads: int = 0
-) -> dict:
+def run_case(images: Path, labels: Path, weights: Path, out: Path, workers: int, max_side: int = 1024, threads: int = 0) -> dict:
     cmd = [sys.executable, "-m", "clipseg_cli", str(images), "--labels", str(labels), "--out", str(out),
            "--weights", str(weights), "--device", "cpu", "--workers", str(workers), "--max-side", str(max_side)]  # fmt: skip
     start = time.time()
@@ -217,9 +215,7 @@ def main() -> None:
         images = tmp_path / "images"
         images.mkdir()
         labels = make_images(images, args.images, size, args.labels)  # type: ignore[arg-type]
-        results = [
-            run_case(images, labels, weights, tmp_path / f"out-{w}", w, threads=args.threads) for w in args.workers
-        ]
+        results = [run_case(images, labels, weights, tmp_path / f"out-{w}", w, threads=args.threads) for w in args.workers]
         base = next((r for r in results if r["workers"] == 1), results[0])
         print(f"{'workers':>7} {'steady img/s':>12} {'vs w1':>6} {'job img/s':>10} {'wall s':>7} {'cam s':>6} "
               f"{'crf s':>6} {'main RSS MB':>12} {'worker RSS MB':>14} {'total PSS MB':>13}")  # fmt: skip
@@ -235,9 +231,7 @@ def main() -> None:
             big.mkdir()
             big_labels = make_images(big, args.big, (2048, 1536), args.labels, seed=1)
             print(f"\n--max-side 1024: {args.big} images of 2048x1536 (worked on at 1024x768, 3072 tokens)")
-            print(
-                f"{'workers':>7} {'cam s':>6} {'crf s':>6} {'main RSS MB':>12} {'worker RSS MB':>14} {'total PSS MB':>13}"
-            )
+            print(f"{'workers':>7} {'cam s':>6} {'crf s':>6} {'main RSS MB':>12} {'worker RSS MB':>14} {'total PSS MB':>13}")
             for w in args.big_workers:
                 r = run_case(big, big_labels, weights, tmp_path / f"big-out-{w}", w, max_side=1024)
                 print(f"{w:>7} {r['cam_s']:>6.2f} {r['crf_s']:>6.2f} {r['main_rss_mb']:>12.0f} "

@@ -52,11 +52,20 @@ def main() -> None:
 
     times = step_seconds(step, a.iters, device)
     timed = times[1:]
-    print(json.dumps({
-        "backbone": f"{a.backbone} ViT-B/16", "crop": a.crop, "batch": a.batch, "device": str(device),
-        "threads": torch.get_num_threads(), "iterations": len(timed),
-        "seconds_per_iteration": round(sum(timed) / len(timed), 3), "warmup_seconds": round(times[0], 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "backbone": f"{a.backbone} ViT-B/16",
+                "crop": a.crop,
+                "batch": a.batch,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "iterations": len(timed),
+                "seconds_per_iteration": round(sum(timed) / len(timed), 3),
+                "warmup_seconds": round(times[0], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

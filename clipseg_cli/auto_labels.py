@@ -89,11 +89,7 @@ def auto_entry(scores: ImageScores, labels: Sequence[int], class_names: Sequence
     """The ``labels.auto.json`` entry of one image."""
     order = np.argsort(-scores.classes, kind="stable")
     kept = set(labels)
-    listed = {
-        class_names[c]: round(float(scores.classes[c]), SCORE_DIGITS)
-        for c in order
-        if scores.classes[c] >= SCORE_FLOOR or c in kept
-    }
+    listed = {class_names[c]: round(float(scores.classes[c]), SCORE_DIGITS) for c in order if scores.classes[c] >= SCORE_FLOOR or c in kept}
     entry: dict[str, Any] = {"labels": [class_names[c] for c in labels], "scores": listed,
                              "background": round(scores.best_background, SCORE_DIGITS)}  # fmt: skip
     if scores.background.size:
@@ -120,10 +116,8 @@ def read_auto_labels(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"cannot read {path} ({exc}): fix or delete it, or use --overwrite") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(v, dict) and isinstance(v.get("labels"), list) for v in data.values()
-    ):
-        raise ConfigError(f"{path}: expected {{\"image\": {{\"labels\": [...], ...}}}}: fix or delete it, or use --overwrite")
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("labels"), list) for v in data.values()):
+        raise ConfigError(f'{path}: expected {{"image": {{"labels": [...], ...}}}}: fix or delete it, or use --overwrite')
     return data
 
 

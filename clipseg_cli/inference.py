@@ -147,9 +147,7 @@ def labels_by_key(index: LabelIndex, class_names: Sequence[str]) -> Callable[[st
     for key, names in index.labels.items():
         unknown = [n for n in names if n.strip().lower() not in lookup]
         if unknown:
-            raise ConfigError(
-                f"--labels: unknown class {unknown[0]!r} for {key}; the checkpoint's classes: {', '.join(class_names)}"
-            )
+            raise ConfigError(f"--labels: unknown class {unknown[0]!r} for {key}; the checkpoint's classes: {', '.join(class_names)}")
 
     def image_labels(key: str) -> list[int] | None:
         names = index.lookup(key)

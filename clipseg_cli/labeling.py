@@ -171,9 +171,7 @@ def check_rerun(layout: OutputLayout, plan: Plan, settings: dict[str, Any]) -> l
     message = rerun_conflict(layout.root, old if isinstance(old, dict) else {}, settings, LABEL_DECISIVE)
     if message:
         raise ConfigError(message)
-    recorded = {
-        e["image"]: e.get("labels") for e in record.get("images") or [] if isinstance(e, dict) and "image" in e
-    }
+    recorded = {e["image"]: e.get("labels") for e in record.get("images") or [] if isinstance(e, dict) and "image" in e}
     relabelled = [
         item for item in plan.done
         if isinstance(recorded.get(item.rel), list) and recorded[item.rel] != list(item.names)
@@ -222,9 +220,7 @@ def image_figures(result: LabelResult) -> dict[str, float | None]:
     return {"confidence": confidence, "ignored": round(ignored, 6)}
 
 
-def image_entry(
-    item: WorkItem, seconds: dict[str, float] | None, figures: dict[str, float | None] | None = None
-) -> dict[str, Any]:
+def image_entry(item: WorkItem, seconds: dict[str, float] | None, figures: dict[str, float | None] | None = None) -> dict[str, Any]:
     """run.json's entry for a labelled image (``seconds`` and ``figures`` None: done by an earlier
     run that did not record them)."""
     timing = None if seconds is None else {k: round(v, 4) for k, v in seconds.items()}

@@ -271,11 +271,7 @@ def rankdata(values: Sequence[float]) -> np.ndarray:
 
 def spearman(x: Sequence[float | None], y: Sequence[float | None]) -> float | None:
     """Spearman's rank correlation over the pairs where both are numbers; None if undefined."""
-    pairs = [
-        (float(a), float(b))
-        for a, b in zip(x, y)
-        if a is not None and b is not None and not math.isnan(a) and not math.isnan(b)
-    ]
+    pairs = [(float(a), float(b)) for a, b in zip(x, y) if a is not None and b is not None and not math.isnan(a) and not math.isnan(b)]
     if len(pairs) < 2:
         return None
     rx = rankdata([a for a, _ in pairs])

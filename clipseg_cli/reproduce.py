@@ -197,9 +197,7 @@ def _stem(rel: str) -> str:
     return image_stem(rel)
 
 
-def build_table(
-    dataset: Dataset, reports: dict[str, dict[str, Any]], scored: Scored, n_listed: int, run: dict[str, Any]
-) -> dict[str, Any]:
+def build_table(dataset: Dataset, reports: dict[str, dict[str, Any]], scored: Scored, n_listed: int, run: dict[str, Any]) -> dict[str, Any]:
     """The JSON table: per step our mIoU (and best threshold) beside the paper's, seconds per image."""
     paper = PAPER[dataset.name]
     settings = run.get("settings") or {}
@@ -257,8 +255,7 @@ def table_markdown(table: dict[str, Any]) -> str:
         f"| seconds per image | {seconds_text(ours['total'])} (CAM + CAA {seconds_text(ours['cam'])}, CRF {seconds_text(ours['crf'])}) "
         f"| {seconds_text(table['seconds_per_image']['paper'])} | |",
         "",
-        f"- Images: {images['scored']} of the {images['listed']} listed were scored"
-        + _missing_note(images) + ".",
+        f"- Images: {images['scored']} of the {images['listed']} listed were scored" + _missing_note(images) + ".",
         "- CAM and +CAA: the best background threshold of 0.05..0.95 (as `wsss-label eval --cams`).",
         f"- +CRF: the masks, made with mu = {table['mu']}"
         + (

@@ -44,9 +44,7 @@ def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value)) if value is not _MISSING else value
 
 
-def differences(
-    old: Mapping[str, Any], new: Mapping[str, Any], decisive: Sequence[Decisive]
-) -> list[tuple[str, Any, Any]]:
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], decisive: Sequence[Decisive]) -> list[tuple[str, Any, Any]]:
     """``(key, old value, new value)`` for each decisive setting that differs."""
     out = []
     for setting in decisive:
@@ -97,8 +95,4 @@ def rerun_conflict(
     diffs = differences(old, new, decisive)
     if not diffs:
         return None
-    return (
-        f"{out} was made with other settings ({describe(diffs)}): "
-        f"use --overwrite to redo every {what}, or another --out"
-    )
-
+    return f"{out} was made with other settings ({describe(diffs)}): use --overwrite to redo every {what}, or another --out"

@@ -190,4 +190,3 @@ def check_resume_rules(monkeypatch: pytest.MonkeyPatch, root: Path, stop: int, r
     resumed = resume()
     assert resumed.exit_code == 0, resumed.output
     return assert_same_weights(root / "full" / "last.pt", root / "cut" / "last.pt")
-

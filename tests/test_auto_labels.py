@@ -297,7 +297,7 @@ def test_labels_reader_takes_auto_entries_and_rejects_objects_without_labels(tmp
     path.write_text(json.dumps({"a.jpg": {"labels": ["cat", "dog"], "scores": {"cat": 0.9}}, "b.jpg": ["bird"]}))
     assert read_labels_file(path).labels == {"a.jpg": ["cat", "dog"], "b.jpg": ["bird"]}
     path.write_text(json.dumps({"a.jpg": {"scores": {"cat": 0.9}}}))
-    with pytest.raises(ConfigError, match="without \"labels\""):
+    with pytest.raises(ConfigError, match='without "labels"'):
         read_labels_file(path)
 
 

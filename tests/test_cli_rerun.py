@@ -145,9 +145,7 @@ def test_an_interrupted_overwrite_resumes_without_the_old_masks(label, monkeypat
 
 
 @pytest.mark.parametrize("command", [["predict"], ["refine", "predict"]])
-def test_predict_reruns_with_other_settings_exit_2_before_reading_the_checkpoint(
-    cli, tmp_path: Path, command: list[str]
-) -> None:
+def test_predict_reruns_with_other_settings_exit_2_before_reading_the_checkpoint(cli, tmp_path: Path, command: list[str]) -> None:
     """The check runs on the record and the checkpoint's bytes alone: here the checkpoint is not
     even loadable, and the answer is still the settings conflict."""
     from clipseg_cli.clip.pretrained import sha256_of

@@ -77,8 +77,7 @@ def _write_case(root: Path) -> None:
     cam = np.where(refined == np.float32(0.42), 0.62, refined)
     cam = np.where(cam == np.float32(0.37), 0.57, cam).astype(np.float32)
     save_mask(root / "gt" / "img.png", gt)
-    write_npz(root / "cams" / "img.npz", labels=np.array([2]), cam=cam, refined=refined,
-              confidence=np.ones((4, 4), np.float16))
+    write_npz(root / "cams" / "img.npz", labels=np.array([2]), cam=cam, refined=refined, confidence=np.ones((4, 4), np.float16))
 
 
 def test_cli_sweep_picks_the_separating_threshold(tmp_path):
@@ -107,8 +106,7 @@ def test_cli_sweep_picks_the_separating_threshold(tmp_path):
 def test_cli_cam_key_cam_and_visualize(tmp_path):
     _write_case(tmp_path)
     out, vis = tmp_path / "r.json", tmp_path / "vis"
-    result = _run(tmp_path / "cams", tmp_path / "gt", "--cams", "--cam-key", "cam", "--out", out,
-                  "--visualize", vis)
+    result = _run(tmp_path / "cams", tmp_path / "gt", "--cams", "--cam-key", "cam", "--out", out, "--visualize", vis)
     assert result.exit_code == 0, result.output
     rep = json.loads(out.read_text())
     assert rep["cam_key"] == "cam" and rep["best_threshold"] == pytest.approx(0.60)

@@ -61,9 +61,7 @@ def _eval(tmp_path: Path, gts: dict[str, np.ndarray], preds: dict[str, np.ndarra
     for key, arr in preds.items():
         save_mask(tmp_path / "pred" / f"{key}.png", arr)
     report = tmp_path / "report.json"
-    result = CliRunner().invoke(
-        app, ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(report), *args]
-    )
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(report), *args])
     data = json.loads(report.read_text()) if report.exists() else None
     return result, data
 

@@ -103,8 +103,7 @@ def test_gt_against_perturbed_copy(voc, tmp_path, pred_ignore):
     save_mask(tmp_path / "gt" / f"{KEY}.png", gt)
     save_mask(tmp_path / "pred" / f"{KEY}.png", pred)
     vis = tmp_path / "vis"
-    rep = _eval(tmp_path / "pred", tmp_path / "gt", tmp_path / "r.json", "--pred-ignore", pred_ignore,
-                "--visualize", str(vis))
+    rep = _eval(tmp_path / "pred", tmp_path / "gt", tmp_path / "r.json", "--pred-ignore", pred_ignore, "--visualize", str(vis))
     expected, ious = _per_class_loop(gt, pred, 21, pred_ignore)
     assert abs(rep["miou"] - expected) < 1e-9
     assert 0.2 < rep["miou"] < 0.9

@@ -72,4 +72,3 @@ def ruff_binary() -> str:
 def test_ruff(args: list[str]) -> None:
     result = subprocess.run([ruff_binary(), *args, "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-

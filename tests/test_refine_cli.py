@@ -52,9 +52,7 @@ def test_training_loss_halves_then_masks_follow_eq14(data: Path, golden_weights:
     assert ckpt["class_names"] == NAMES and ckpt["iteration"] == 150
     assert not any(k.startswith("clip.") for k in ckpt["model"])
     assert ckpt["model_config"]["clip_weights"]["path"] == str(golden_weights.resolve())
-    assert ckpt["image_labels"]["s002"] == [
-        1 + NAMES.index(n) for n in json.loads((data / "labels.json").read_text())["s002.png"]
-    ]
+    assert ckpt["image_labels"]["s002"] == [1 + NAMES.index(n) for n in json.loads((data / "labels.json").read_text())["s002.png"]]
 
     # refine predict: the main command's masks, with eq. 14 (only background, the labels, 255)
     out = tmp_path / "pred"
@@ -75,9 +73,7 @@ def test_training_loss_halves_then_masks_follow_eq14(data: Path, golden_weights:
     assert report["written"] == 6 and report["unlabelled"] == [] and report["kind"] == "refiner.weakclip"
 
     # the refined masks score against GT and can be retrained on, like the main command's
-    evaluated = invoke(
-        "eval", out / "masks", data / "gt", "--classes", ",".join(NAMES), "--out", tmp_path / "eval.json"
-    )
+    evaluated = invoke("eval", out / "masks", data / "gt", "--classes", ",".join(NAMES), "--out", tmp_path / "eval.json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "eval.json").read_text())["miou"] > 0.5
 
@@ -105,18 +101,14 @@ def test_resume_is_bit_exact(data: Path, golden_weights: Path, tmp_path: Path, m
     full = invoke(*train_args(data, golden_weights, tmp_path / "full", *common))
     assert full.exit_code == 0, full.output
 
-    cut = interrupted_run(
-        monkeypatch, 4, tmp_path / "cut", lambda: invoke(*train_args(data, golden_weights, tmp_path / "cut", *common))
-    )
+    cut = interrupted_run(monkeypatch, 4, tmp_path / "cut", lambda: invoke(*train_args(data, golden_weights, tmp_path / "cut", *common)))
     assert "--resume" in cut.output
     again = invoke(*train_args(data, golden_weights, tmp_path / "cut", *common))
     assert again.exit_code == 2 and "--resume" in one_error_line(again)
     changed = invoke(*train_args(data, golden_weights, tmp_path / "cut", "--iters", "9", "--resume"))
     assert changed.exit_code == 2 and "iters" in one_error_line(changed)
     # settings, labels and CLIP weights all come from the run
-    resumed = invoke(
-        "refine", "train", data / "images", data / "masks", "--out", tmp_path / "cut", "--resume", "--device", "cpu"
-    )
+    resumed = invoke("refine", "train", data / "images", data / "masks", "--out", tmp_path / "cut", "--resume", "--device", "cpu")
     assert resumed.exit_code == 0, resumed.output
 
     a, b = assert_same_weights(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
@@ -148,15 +140,11 @@ def test_bad_train_inputs(data: Path, golden_weights: Path, tmp_path: Path) -> N
     result = invoke(*args)
     assert result.exit_code == 2 and "s003.png" in one_error_line(result)
 
-    result = invoke(
-        *train_args(data, golden_weights, tmp_path / "r3", "--iters", "1", "--weights", tmp_path / "none.pt")
-    )
+    result = invoke(*train_args(data, golden_weights, tmp_path / "r3", "--iters", "1", "--weights", tmp_path / "none.pt"))
     assert result.exit_code == 2 and "none.pt" in one_error_line(result)
 
     no_labels = [
-        a
-        for a in train_args(data, golden_weights, tmp_path / "r4", "--iters", "1")
-        if a != "--labels" and a != data / "labels.json"
+        a for a in train_args(data, golden_weights, tmp_path / "r4", "--iters", "1") if a != "--labels" and a != data / "labels.json"
     ]
     result = invoke(*no_labels)
     assert result.exit_code == 2 and "--labels" in one_error_line(result)
@@ -181,8 +169,6 @@ def test_bad_predict_inputs(data: Path, golden_weights: Path, other_weights: Pat
                     "--out", tmp_path / "o", "--device", "cpu")  # fmt: skip
     assert result.exit_code == 2 and "purple" in one_error_line(result)
 
-    result = invoke(
-        "refine", "predict", data / "images", "--checkpoint", tmp_path / "absent.pt", "--out", tmp_path / "o"
-    )
+    result = invoke("refine", "predict", data / "images", "--checkpoint", tmp_path / "absent.pt", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "absent.pt" in one_error_line(result)
     assert not (tmp_path / "o" / "masks").exists()

@@ -161,9 +161,7 @@ def test_balanced_seed_loss_eq12() -> None:
     big_bg = torch.zeros(1, 8, 8, dtype=torch.long)
     big_bg[0, 0, 0] = 1
     uniform = torch.full((1, 2, 8, 8), math.log(0.5))
-    torch.testing.assert_close(
-        balanced_seed_loss(uniform, big_bg, torch.ones(1, 2, dtype=torch.bool)), torch.tensor(2 * math.log(2))
-    )
+    torch.testing.assert_close(balanced_seed_loss(uniform, big_bg, torch.ones(1, 2, dtype=torch.bool)), torch.tensor(2 * math.log(2)))
 
 
 def test_boundary_loss_eq13_and_crf_targets() -> None:
@@ -184,9 +182,7 @@ def test_boundary_loss_eq13_and_crf_targets() -> None:
     loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     # KL(P || P) = 0
-    torch.testing.assert_close(
-        boundary_loss(log_probs.detach(), log_probs.detach().exp()), torch.tensor(0.0), atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(boundary_loss(log_probs.detach(), log_probs.detach().exp()), torch.tensor(0.0), atol=1e-6, rtol=0)
 
 
 def test_seeds_at_nearest() -> None:

@@ -72,9 +72,7 @@ def test_a_run_without_confidence_says_how_it_is_sorted(tmp_path: Path) -> None:
     assert "sorted by name" in result.index.read_text()
 
 
-def test_the_report_finds_the_photos_from_any_folder_and_after_a_move(
-    tmp_path: Path, cli, golden_weights, three, monkeypatch
-) -> None:
+def test_the_report_finds_the_photos_from_any_folder_and_after_a_move(tmp_path: Path, cli, golden_weights, three, monkeypatch) -> None:
     images, labels = three
     monkeypatch.chdir(tmp_path)  # the run is made with relative paths
     result = cli("images", "--labels", "labels.json", "--out", "runs/first", "--weights", golden_weights, "--workers", "0")

@@ -133,7 +133,20 @@ def test_predict_bad_checkpoints(data: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "deeplabv2" in one_error_line(result)
 
     broken = tmp_path / "broken.pt"
-    save_checkpoint(broken, make_checkpoint("deeplabv2", {"arch": "deeplabv2-resnet18", "num_classes": 4, "style": "pytorch", "normalization": {"mean": [0, 0, 0], "std": [1, 1, 1], "bgr": False}}, ["a", "b", "c"], {"x": torch.zeros(1)}))
+    save_checkpoint(
+        broken,
+        make_checkpoint(
+            "deeplabv2",
+            {
+                "arch": "deeplabv2-resnet18",
+                "num_classes": 4,
+                "style": "pytorch",
+                "normalization": {"mean": [0, 0, 0], "std": [1, 1, 1], "bgr": False},
+            },
+            ["a", "b", "c"],
+            {"x": torch.zeros(1)},
+        ),
+    )
     result = invoke("predict", data / "images", "--checkpoint", broken, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "broken.pt" in one_error_line(result)
 

@@ -68,7 +68,8 @@ def test_training_run_files(trained: tuple[Path, Path, dict]) -> None:
 def test_trained_model_segments_held_out_images(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
     val, run, _ = trained
     result = runner.invoke(
-        app, ["predict", str(val / "images"), "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path), "--scales", "1", "--device", "cpu"]
+        app,
+        ["predict", str(val / "images"), "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path), "--scales", "1", "--device", "cpu"],
     )
     assert result.exit_code == 0, result.output
     assert _miou(tmp_path / "masks", val / "gt") >= 0.8
@@ -82,7 +83,20 @@ def test_predict_writes_palette_masks_of_the_image_size(trained: tuple[Path, Pat
     Image.open(val / "images" / "s000.png").save(images / "a.png")
     (images / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
-    args = ["predict", str(images), "--checkpoint", str(run / "best.pt"), "--out", str(out), "--no-crf", "--flip", "--scales", "0.75,1", "--device", "cpu"]
+    args = [
+        "predict",
+        str(images),
+        "--checkpoint",
+        str(run / "best.pt"),
+        "--out",
+        str(out),
+        "--no-crf",
+        "--flip",
+        "--scales",
+        "0.75,1",
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output  # one image could not be read
     assert "broken" in result.output

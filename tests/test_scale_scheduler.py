@@ -149,9 +149,7 @@ def test_a_second_interrupt_while_draining_aborts_at_once() -> None:
     def record(outcome) -> None:
         raise KeyboardInterrupt  # the second, while the finished images are being recorded
 
-    pipeline = Pipeline(
-        lambda: ThreadPoolExecutor(2), prepare, model, finish, prefetch=2, window=3, on_abort=lambda: aborted.append(1)
-    )
+    pipeline = Pipeline(lambda: ThreadPoolExecutor(2), prepare, model, finish, prefetch=2, window=3, on_abort=lambda: aborted.append(1))
     started = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         pipeline.run([Item(str(i)) for i in range(20)], record)

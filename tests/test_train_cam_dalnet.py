@@ -102,15 +102,24 @@ def test_total_loss_weights() -> None:
     parts = model.losses(out, torch.tensor([[1.0, 0, 0], [0, 1, 1]]))
     want = parts["cls"] + parts["inter"] + parts["im"] + parts["ex"] + 0.2 * parts["ptc"]
     assert parts["loss"].item() == pytest.approx(want.item(), rel=1e-6)
-    assert parts["cls"].item() == pytest.approx(F.multilabel_soft_margin_loss(out["maps"].amax(dim=(2, 3)), torch.tensor([[1.0, 0, 0], [0, 1, 1]])).item())
+    assert parts["cls"].item() == pytest.approx(
+        F.multilabel_soft_margin_loss(out["maps"].amax(dim=(2, 3)), torch.tensor([[1.0, 0, 0], [0, 1, 1]])).item()
+    )
 
 
 # -- the shared backbone ---------------------------------------------------------------------------
 def test_timm_state_dict_roundtrip_and_interpolation(tmp_path: Path) -> None:
     vit = tiny_vit(width=64, depth=2, heads=1, patch_size=4, grid=4, seed=3)  # 64-d heads: what a file implies
     state = {k: v.clone() for k, v in vit.state_dict().items()}
-    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "blocks.1.attn.qkv.weight",
-            "blocks.0.mlp.fc2.bias", "norm.weight"} <= set(state)
+    assert {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "blocks.1.attn.qkv.weight",
+        "blocks.0.mlp.fc2.bias",
+        "norm.weight",
+    } <= set(state)
     state["head.weight"] = torch.zeros(10, 64)
     path = tmp_path / "vit.pt"
     torch.save(state, path)
@@ -154,8 +163,9 @@ def cam_miou(predictor: D.DALNetPredictor, images: list[np.ndarray], gts: list[n
 def test_tiny_vit_localises_synthetic_shapes(tmp_path: Path) -> None:
     images, _, labels = _load_set(write_shapes_dataset(tmp_path / "ds", n=64, size=32, num_classes=3, seed=0))
     torch.manual_seed(0)
-    model = D.DALNet(tiny_vit(width=48, depth=4, heads=3, patch_size=4, grid=8), torch.randn(3, 32), torch.randn(32),
-                     backbone_spec="tiny", proj_dim=32)
+    model = D.DALNet(
+        tiny_vit(width=48, depth=4, heads=3, patch_size=4, grid=8), torch.randn(3, 32), torch.randn(32), backbone_spec="tiny", proj_dim=32
+    )
     cfg = D.TrainConfig(out=tmp_path / "run", iters=120, batch=8, lr=1e-3, warmup=20, crop=32, scales=(0.8, 1.2), save_every=0)
     summary = D.train_dalnet(model, images, labels, list(CLASSES), cfg, torch.device("cpu"))
     assert summary["status"] == "finished" and summary["iteration"] == 120
@@ -172,7 +182,9 @@ def test_tiny_vit_localises_synthetic_shapes(tmp_path: Path) -> None:
 def cli_setup(tmp_path: Path) -> dict[str, Path]:
     root = write_shapes_dataset(tmp_path / "ds", n=6, size=32, num_classes=3, seed=2)
     gts = {p.stem: np.array(Image.open(p)) for p in sorted((root / "gt").glob("*.png"))}
-    labels = write_labels(tmp_path / "labels.json", {f"{k}.png": [CLASSES[c - 1] for c in (1, 2, 3) if (g == c).any()] for k, g in gts.items()})
+    labels = write_labels(
+        tmp_path / "labels.json", {f"{k}.png": [CLASSES[c - 1] for c in (1, 2, 3) if (g == c).any()] for k, g in gts.items()}
+    )
     weights = tmp_path / "clip.pt"
     torch.save(random_clip_state(vision_layers=1), weights)
     backbone = tmp_path / "vit.pt"
@@ -181,9 +193,36 @@ def cli_setup(tmp_path: Path) -> dict[str, Path]:
 
 
 def _train(cli, s: dict[str, Path], out: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return cli("train-cam", "dalnet", s["images"], "--labels", s["labels"], "--classes", ",".join(CLASSES), "--out", out,
-               "--backbone", s["backbone"], "--weights", s["weights"], "--iters", "6", "--batch-size", "2", "--crop", "32",
-               "--warmup-iters", "2", "--lr", "1e-3", "--save-every", "2", "--device", "cpu", *extra)
+    return cli(
+        "train-cam",
+        "dalnet",
+        s["images"],
+        "--labels",
+        s["labels"],
+        "--classes",
+        ",".join(CLASSES),
+        "--out",
+        out,
+        "--backbone",
+        s["backbone"],
+        "--weights",
+        s["weights"],
+        "--iters",
+        "6",
+        "--batch-size",
+        "2",
+        "--crop",
+        "32",
+        "--warmup-iters",
+        "2",
+        "--lr",
+        "1e-3",
+        "--save-every",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    )
 
 
 def test_cli_checkpoint_resume_exact_and_predict(cli, cli_setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -208,8 +247,21 @@ def test_cli_checkpoint_resume_exact_and_predict(cli, cli_setup: dict[str, Path]
     ]
 
     masks = s["tmp"] / "pred"
-    result = cli("predict", s["images"], "--checkpoint", full / "last.pt", "--labels", s["labels"], "--out", masks,
-                 "--scales", "1", "--no-crf", "--device", "cpu")
+    result = cli(
+        "predict",
+        s["images"],
+        "--checkpoint",
+        full / "last.pt",
+        "--labels",
+        s["labels"],
+        "--out",
+        masks,
+        "--scales",
+        "1",
+        "--no-crf",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     written = sorted((masks / "masks").glob("*.png"))
     assert len(written) == 6

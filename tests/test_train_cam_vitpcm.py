@@ -71,10 +71,7 @@ def test_mosaic_and_inverse_round_trip_exactly() -> None:
 def test_affine_inverse_restores_the_interior() -> None:
     gen = torch.Generator().manual_seed(0)
     theta = random_affine(4, gen, max_shift=0.05, max_degrees=10, scales=(0.95, 1.05))
-    x = (
-        torch.linspace(0, 1, 32)[None, None].expand(4, 2, 32, 32)
-        + torch.linspace(0, 1, 32)[None, None, :, None]
-    )
+    x = torch.linspace(0, 1, 32)[None, None].expand(4, 2, 32, 32) + torch.linspace(0, 1, 32)[None, None, :, None]
     back, valid = unwarp(warp(x, theta), theta)
     assert valid.float().mean() > 0.6
     err = (back - x).abs() * valid
@@ -134,9 +131,7 @@ def test_network_shapes_and_hv_bilstm() -> None:
 
 # -- learning from image-level labels ------------------------------------------------------------
 def miou_against_gt(run: Path, root: Path) -> float:
-    pred = predictor_from_checkpoint(
-        read_checkpoint(run / "last.pt"), torch.device("cpu")
-    )
+    pred = predictor_from_checkpoint(read_checkpoint(run / "last.pt"), torch.device("cpu"))
     labels = json.loads((root / "labels.json").read_text())
     conf = np.zeros((4, 4), np.int64)
     for p in sorted((root / "images").glob("*.png")):
@@ -144,9 +139,7 @@ def miou_against_gt(run: Path, root: Path) -> float:
         gt = load_label_map(root / "gt" / p.name).astype(np.int64)
         probs = pred.probabilities(image, [1 + NAMES.index(c) for c in labels[p.name]])
         assert probs.shape == (4, 64, 64)
-        conf += np.bincount(
-            4 * gt.ravel() + probs.argmax(0).ravel(), minlength=16
-        ).reshape(4, 4)
+        conf += np.bincount(4 * gt.ravel() + probs.argmax(0).ravel(), minlength=16).reshape(4, 4)
     iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf))
     return float(iou.mean())
 
@@ -158,19 +151,10 @@ def test_tiny_vit_learns_shapes_from_image_labels(shapes: Path, tmp_path: Path) 
     )  # fmt: skip
     inputs = MethodInputs(labels=read_labels_file(shapes / "labels.json"), backbone=small_vit())
     summary = train(VitPcm(cfg, torch.device("cpu"), inputs))
-    assert (
-        summary["iteration"] == 60
-        and summary["frozen_iters"] == 6
-        and summary["status"] == "finished"
-    )
-    rows = [
-        json.loads(line)
-        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    ]
+    assert summary["iteration"] == 60 and summary["frozen_iters"] == 6 and summary["status"] == "finished"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["frozen"] for r in rows[5:7]] == [True, False]
-    assert np.mean([r["mce"] for r in rows[-5:]]) < 0.5 * np.mean(
-        [r["mce"] for r in rows[:5]]
-    )
+    assert np.mean([r["mce"] for r in rows[-5:]]) < 0.5 * np.mean([r["mce"] for r in rows[:5]])
     miou = miou_against_gt(tmp_path / "run", shapes)
     print(f"synthetic pixel mIoU {miou:.3f}")
     assert miou >= 0.5
@@ -185,9 +169,7 @@ def train_args(root: Path, backbone: Path, out: Path, *extra: str) -> list[str |
     ]  # fmt: skip
 
 
-def test_cli_resume_is_exact_then_predict(
-    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_resume_is_exact_then_predict(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cli = Cli()
     backbone = tmp_path / "vit.pt"
     torch.save(small_vit().state_dict(), backbone)
@@ -200,16 +182,10 @@ def test_cli_resume_is_exact_then_predict(
     assert all({"exp_avg", "exp_avg_sq"} <= set(s) for s in b["optimizer"]["state"].values())
     ra, rb = metrics_rows(tmp_path / "full"), metrics_rows(tmp_path / "cut")
     assert [r["iteration"] for r in rb] == list(range(1, 10))
-    assert [(r["loss"], r["et"], r["lr"]) for r in ra] == [
-        (r["loss"], r["et"], r["lr"]) for r in rb
-    ]
-    assert (
-        json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "finished"
-    )
+    assert [(r["loss"], r["et"], r["lr"]) for r in ra] == [(r["loss"], r["et"], r["lr"]) for r in rb]
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "finished"
 
-    write_labels(
-        tmp_path / "some.json", {"s000.png": ["red", "blue"], "s001.png": ["green"]}
-    )
+    write_labels(tmp_path / "some.json", {"s000.png": ["red", "blue"], "s001.png": ["green"]})
     out = tmp_path / "pred"
     result = cli("predict", shapes / "images", "--checkpoint", tmp_path / "cut" / "last.pt", "--labels",
                  tmp_path / "some.json", "--out", out, "--no-crf", "--device", "cpu")  # fmt: skip
@@ -234,9 +210,7 @@ def test_cli_bad_options(shapes: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--backbone" in result.output
 
 
-def test_clip_backbone_trains_saves_and_rebuilds(
-    shapes: Path, golden_weights: Path, tmp_path: Path
-) -> None:
+def test_clip_backbone_trains_saves_and_rebuilds(shapes: Path, golden_weights: Path, tmp_path: Path) -> None:
     """--backbone clip: our CLIP's image tower (the golden tiny CLIP, /16 patches), rebuilt from the
     checkpoint alone for predict (no CLIP file needed), giving the same probabilities."""
     from clipseg_cli.clip.loading import load_clip
@@ -252,9 +226,7 @@ def test_clip_backbone_trains_saves_and_rebuilds(
     assert result.exit_code == 0, result.output
     ckpt = read_checkpoint(out / "last.pt")
     desc = ckpt["model_config"]["backbone"]
-    assert (
-        desc["type"] == "clip" and desc["patch_size"] == 16 and ckpt["iteration"] == 4
-    )
+    assert desc["type"] == "clip" and desc["patch_size"] == 16 and ckpt["iteration"] == 4
     assert describe_backbone(load_clip(golden_weights).visual) == desc
     model = build_model(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])

@@ -80,9 +80,7 @@ class SoftmaxGradCAM:
         targets: Sequence[int],
     ) -> tuple[np.ndarray, torch.Tensor]:
         """Returns grid CAMs (len(targets), h', w') float32 and the last block's attention (1+N, 1+N)."""
-        activations, weights, last_attention = self.channel_weights(
-            visual, frozen, text_features, logit_scale, targets
-        )
+        activations, weights, last_attention = self.channel_weights(visual, frozen, text_features, logit_scale, targets)
         cams = torch.relu(activations @ weights.T).T.reshape(len(targets), *frozen.grid).cpu().numpy()
         cams = np.stack([minmax(minmax(c)) for c in cams]) if len(targets) else cams.astype(np.float32)
         return cams, last_attention

@@ -37,8 +37,7 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(sweep)
     if report["only_in_pred"] or report["only_in_gt"]:
         console.print(
-            f"[dim]not scored: {report['only_in_pred']} image(s) only in PRED_LABELS, "
-            f"{report['only_in_gt']} only in GT_LABELS[/]"
+            f"[dim]not scored: {report['only_in_pred']} image(s) only in PRED_LABELS, {report['only_in_gt']} only in GT_LABELS[/]"
         )
     console.print(
         f"[bold]mAP {_pct(report['map'])}%[/] over {report['n_classes_with_positives']} classes with positives; "

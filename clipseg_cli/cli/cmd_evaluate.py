@@ -85,14 +85,24 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def evaluate(
-    pred: Path = typer.Argument(..., help="Predicted masks: a folder of label PNGs (OUT/masks), or with --cams of CAM .npz files (OUT/cams)."),
+    pred: Path = typer.Argument(
+        ..., help="Predicted masks: a folder of label PNGs (OUT/masks), or with --cams of CAM .npz files (OUT/cams)."
+    ),
     gt: Path = typer.Argument(..., help="Ground truth: a folder of VOC-style label PNGs (palette or greyscale; 255 = void)."),
     classes: str = cv.classes_option(),
     out: Optional[Path] = cv.out_option("Write the JSON report to this file ('-' for stdout).", default=None, metavar="FILE"),
     cams: bool = typer.Option(False, "--cams", help="PRED holds CAM .npz files: sweep the background threshold 0.05..0.95."),
-    cam_key: Optional[CamKey] = typer.Option(None, "--cam-key", help="With --cams: score the raw 'cam' or the CAA 'refined' maps (default: refined)."),
-    pred_ignore: Optional[PredIgnore] = typer.Option(None, "--pred-ignore", help="Predicted 255 pixels: 'exclude' leaves them out of the matrix, 'background' counts them as background (default: exclude)."),
-    visualize: Optional[Path] = typer.Option(None, "--visualize", metavar="DIR", help="Write GT | prediction | errors pictures and a per-class IoU bar chart to this folder."),
+    cam_key: Optional[CamKey] = typer.Option(
+        None, "--cam-key", help="With --cams: score the raw 'cam' or the CAA 'refined' maps (default: refined)."
+    ),
+    pred_ignore: Optional[PredIgnore] = typer.Option(
+        None,
+        "--pred-ignore",
+        help="Predicted 255 pixels: 'exclude' leaves them out of the matrix, 'background' counts them as background (default: exclude).",
+    ),
+    visualize: Optional[Path] = typer.Option(
+        None, "--visualize", metavar="DIR", help="Write GT | prediction | errors pictures and a per-class IoU bar chart to this folder."
+    ),
 ) -> None:
     """Score masks (or CAMs) against ground truth: per-class IoU, mIoU, pixel accuracy."""
     if cams and pred_ignore is not None:

@@ -73,40 +73,75 @@ def label(
     synonyms: Synonyms = typer.Option("sentence", "--synonyms", help="Level at which a class's synonyms are fused."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF (else argmax of [1 - max refined, refined], no 255)."),
     crf_backend: CrfBackend = typer.Option(
-        "auto", "--crf-backend", help="The CRF's code: pydensecrf (CPU) or the same CRF in torch on the model's device; auto: torch when the model runs on CUDA."
+        "auto",
+        "--crf-backend",
+        help="The CRF's code: pydensecrf (CPU) or the same CRF in torch on the model's device; auto: torch when the model runs on CUDA.",
     ),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also write cams/<rel>.npz (labels, cam, refined, confidence)."),
-    visualize: bool = typer.Option(False, "--visualize", help="Also write vis/<rel>.png: image | mask overlay | CAM per label, with a colour key."),
+    visualize: bool = typer.Option(
+        False, "--visualize", help="Also write vis/<rel>.png: image | mask overlay | CAM per label, with a colour key."
+    ),
     device: str = cv.device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Scale larger images down to this long side first (0: never)."),
     overwrite: bool = cv.overwrite_option(),
     workers: Optional[int] = typer.Option(
-        None, "--workers",
+        None,
+        "--workers",
         help="Worker processes that decode images and run the CRF and writing while this process runs the model; "
         "0: everything in this process. Default: one per CPU core, at most 8 (0 on one core or for one image).",
     ),
-    backend: Backend = typer.Option("local", "--backend", help="Where images are labelled: here, or sharded over a Ray cluster (needs: pip install 'wsss-label\\[ray]')."),
+    backend: Backend = typer.Option(
+        "local",
+        "--backend",
+        help="Where images are labelled: here, or sharded over a Ray cluster (needs: pip install 'wsss-label\\[ray]').",
+    ),
     ray_address: Optional[str] = typer.Option(
-        None, "--ray-address", metavar="ADDRESS", help="With --backend ray: the cluster to join (e.g. auto, HOST:6379); default $RAY_ADDRESS, else a local Ray."
+        None,
+        "--ray-address",
+        metavar="ADDRESS",
+        help="With --backend ray: the cluster to join (e.g. auto, HOST:6379); default $RAY_ADDRESS, else a local Ray.",
     ),
     report: bool = typer.Option(False, "--report", help="At the end, build OUT/report/index.html (as `wsss-label report OUT`)."),
     label_threshold: Optional[float] = typer.Option(
-        None, "--label-threshold",
+        None,
+        "--label-threshold",
         help=f"With --labels auto: keep the classes whose CLIP score (softmax over classes and background words) is above this; "
         f"the top class is kept unless a background word beats it (default {DEFAULT_LABEL_THRESHOLD}).",
     ),
     image_list: Optional[Path] = typer.Option(
-        None, "--list", metavar="FILE",
+        None,
+        "--list",
+        metavar="FILE",
         help="Only the images listed in FILE, one per line, relative to IMAGES, extension optional (e.g. VOC's ImageSets/Segmentation/train.txt).",
     ),
 ) -> None:
     """Make CLIP-ES pseudo masks for a folder of images with image-level labels."""
     raise typer.Exit(
         _run(
-            images, labels, annotations, out, classes, weights, template, background, lam, mu,
-            synonyms, crf, save_cams, visualize, device, max_side, overwrite, workers, backend, ray_address, report,
+            images,
+            labels,
+            annotations,
+            out,
+            classes,
+            weights,
+            template,
+            background,
+            lam,
+            mu,
+            synonyms,
+            crf,
+            save_cams,
+            visualize,
+            device,
+            max_side,
+            overwrite,
+            workers,
+            backend,
+            ray_address,
+            report,
             crf_backend,
-            label_threshold=label_threshold, image_list=image_list,
+            label_threshold=label_threshold,
+            image_list=image_list,
         )
     )
 
@@ -179,8 +214,14 @@ def _run(
         "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
     }
     settings = CLIPESSettings(
-        templates=tuple(template), synonyms=synonyms, lam=lam, mu=mu, crf=crf, max_side=max_side or None,  # type: ignore[arg-type]
-        crf_backend=crf_backend, crf_device=crf_device,
+        templates=tuple(template),
+        synonyms=synonyms,
+        lam=lam,
+        mu=mu,
+        crf=crf,
+        max_side=max_side or None,  # type: ignore[arg-type]
+        crf_backend=crf_backend,
+        crf_device=crf_device,
     )
     predictor = None
     auto_entries: dict[str, dict] = {}
@@ -191,9 +232,7 @@ def _run(
         def new_predictor() -> CLIPESPredictor:
             return CLIPESPredictor(load_resolved_clip(resolved, torch_device), class_set, settings)
 
-        index, auto_entries, auto_failed, predictor = _auto_labels(
-            images, layout, only, threshold, overwrite, run_settings, new_predictor
-        )
+        index, auto_entries, auto_failed, predictor = _auto_labels(images, layout, only, threshold, overwrite, run_settings, new_predictor)
     assert index is not None
     plan = make_plan(images, index, class_set, layout, overwrite, need_cams=save_cams, only=only)
     if auto:

@@ -55,9 +55,7 @@ WARMUP_OPTIONS = (
 
 
 def predict(
-    images: Path = typer.Argument(
-        ..., help="Images to make pseudo masks for (folder, searched recursively, or one file)."
-    ),
+    images: Path = typer.Argument(..., help="Images to make pseudo masks for (folder, searched recursively, or one file)."),
     checkpoint: Path = cv.checkpoint_option("RUN/last.pt of `refine train`."),
     labels: Optional[Path] = cv.labels_option(" Default: the training images' labels saved in the checkpoint.", required=False),
     annotations: Optional[Path] = cv.annotations_option(required=False),
@@ -65,14 +63,14 @@ def predict(
     scales: str = cv.scales_option("0.75,1,1.5", "Test scales whose softmax is averaged."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Also average horizontally flipped inputs."),
     crf: bool = typer.Option(True, "--crf/--no-crf", help="Dense CRF on the averaged probabilities."),
-    weights: Optional[Path] = cv.weights_option("CLIP checkpoint the refiner was trained on; default: the file recorded in the checkpoint, else as for labelling"),
+    weights: Optional[Path] = cv.weights_option(
+        "CLIP checkpoint the refiner was trained on; default: the file recorded in the checkpoint, else as for labelling"
+    ),
     device: str = cv.device_option(),
     overwrite: bool = cv.overwrite_option(),
 ) -> None:
     """Pseudo masks from a trained refiner: argmax of the (multi-scale, flipped, CRF-refined) scores; classes an image is not labelled with become 255 (WeakCLIP's eq. 14)."""
-    raise typer.Exit(
-        _run_predict(images, checkpoint, labels, annotations, out, scales, flip, crf, weights, device, overwrite)
-    )
+    raise typer.Exit(_run_predict(images, checkpoint, labels, annotations, out, scales, flip, crf, weights, device, overwrite))
 
 
 @handle_errors

@@ -26,11 +26,26 @@ class SortKey(str, Enum):
 
 
 def report(
-    out: Path = typer.Argument(..., help="Output folder of a run (`wsss-label IMAGES --labels ... --out OUT`): run.json and masks/, optionally cams/."),
-    gt: Optional[Path] = typer.Option(None, "--gt", metavar="DIR", help="Folder of ground-truth label PNGs (as for `wsss-label eval`): adds each image's IoU, a GT column and the mIoU table."),
-    sort: SortKey = typer.Option(SortKey.confidence, "--sort", help="Initial order, worst first: confidence (lowest mean CRF confidence), ignored (largest 255 share), area (smallest foreground), name, iou (lowest, needs --gt)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the N worst images by --sort get a row and thumbnails (the summary covers all)."),
-    images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="The image folder, if it is no longer where run.json says (settings.images)."),
+    out: Path = typer.Argument(
+        ..., help="Output folder of a run (`wsss-label IMAGES --labels ... --out OUT`): run.json and masks/, optionally cams/."
+    ),
+    gt: Optional[Path] = typer.Option(
+        None,
+        "--gt",
+        metavar="DIR",
+        help="Folder of ground-truth label PNGs (as for `wsss-label eval`): adds each image's IoU, a GT column and the mIoU table.",
+    ),
+    sort: SortKey = typer.Option(
+        SortKey.confidence,
+        "--sort",
+        help="Initial order, worst first: confidence (lowest mean CRF confidence), ignored (largest 255 share), area (smallest foreground), name, iou (lowest, needs --gt).",
+    ),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", help="Only the N worst images by --sort get a row and thumbnails (the summary covers all)."
+    ),
+    images: Optional[Path] = typer.Option(
+        None, "--images", metavar="DIR", help="The image folder, if it is no longer where run.json says (settings.images)."
+    ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering thumbnails (default: one per CPU core)."),
 ) -> None:
     """Build OUT/report/index.html: a gallery of the pseudo masks that opens from disk."""

@@ -26,15 +26,23 @@ def reproduce(
     split: str = typer.Option("train", "--split", help="The split: VOC ImageSets/Segmentation/<split>.txt; COCO <split>2014."),
     weights: Optional[Path] = cv.weights_option(),
     device: str = cv.device_option(),
-    gt: Optional[Path] = typer.Option(None, "--gt", metavar="DIR", help="Label PNGs to score against (default: the dataset's, e.g. VOC's SegmentationClass; see docs/reproduce.md)."),
+    gt: Optional[Path] = typer.Option(
+        None,
+        "--gt",
+        metavar="DIR",
+        help="Label PNGs to score against (default: the dataset's, e.g. VOC's SegmentationClass; see docs/reproduce.md).",
+    ),
     mu: float = typer.Option(
-        0.0, "--mu",
+        0.0,
+        "--mu",
         help="CRF confidence below which a mask pixel becomes 255. 0: the CRF's label everywhere, as the paper scores its +CRF figure; "
         "0.95: the training pseudo masks (their 255 pixels are then left out of the +CRF figure).",
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="As for `wsss-label label` (default: one per CPU core, at most 8)."),
     crf_backend: CrfBackend = typer.Option(
-        "auto", "--crf-backend", help="As for `wsss-label label`: pydensecrf (the paper's), or torch; auto: torch when the model runs on CUDA."
+        "auto",
+        "--crf-backend",
+        help="As for `wsss-label label`: pydensecrf (the paper's), or torch; auto: torch when the model runs on CUDA.",
     ),
 ) -> None:
     """Label a dataset split with CLIP-ES and print the paper's table beside ours: CAM, +CAA, +CRF mIoU and seconds per image."""

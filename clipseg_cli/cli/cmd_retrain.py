@@ -33,7 +33,9 @@ def _kinds() -> str:
 
 def predict(
     images: Path = typer.Argument(..., help="Images to segment (folder, searched recursively, or one file)."),
-    checkpoint: Path = cv.checkpoint_option(f"A checkpoint of a learned method: RUN/last.pt (or RUN/best.pt of retrain); kinds: {_kinds()}."),
+    checkpoint: Path = cv.checkpoint_option(
+        f"A checkpoint of a learned method: RUN/last.pt (or RUN/best.pt of retrain); kinds: {_kinds()}."
+    ),
     labels: Optional[Path] = cv.labels_option(
         " Masks keep only each image's classes (others 255), unlabelled images are skipped; needed by CAM generators.",
         required=False,
@@ -48,12 +50,12 @@ def predict(
     bg_threshold: Optional[float] = typer.Option(
         None, "--bg-threshold", help="Background where no class map reaches this (default: the checkpoint's)." + _used_by("bg_threshold")
     ),
-    caa: bool = typer.Option(False, "--caa", help="Refine the maps with CLIP-ES's CAA on the CLIP the run was trained with." + _used_by("caa")),
+    caa: bool = typer.Option(
+        False, "--caa", help="Refine the maps with CLIP-ES's CAA on the CLIP the run was trained with." + _used_by("caa")
+    ),
 ) -> None:
     """Segment images with a trained checkpoint; masks are written like the main command's."""
-    raise typer.Exit(
-        _run_predict(images, checkpoint, labels, annotations, out, scales, flip, crf, device, overwrite, bg_threshold, caa)
-    )
+    raise typer.Exit(_run_predict(images, checkpoint, labels, annotations, out, scales, flip, crf, device, overwrite, bg_threshold, caa))
 
 
 @handle_errors

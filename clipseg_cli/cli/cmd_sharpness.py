@@ -88,24 +88,30 @@ def sharpness_command(
     annotations: Optional[Path] = cv.annotations_option(),
     classes: str = cv.classes_option(),
     templates: str = typer.Option(
-        "imagenet80", "--templates", metavar="imagenet80|FILE", help="imagenet80 (CLIP's 80 ImageNet templates) or a file with one template per line, each with {}."
+        "imagenet80",
+        "--templates",
+        metavar="imagenet80|FILE",
+        help="imagenet80 (CLIP's 80 ImageNet templates) or a file with one template per line, each with {}.",
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use a random sample of N labelled images (see --seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit sample."),
     out: Optional[Path] = cv.out_option("Write the JSON report to this file ('-' for stdout).", default=None, metavar="FILE"),
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Write a PNG bar chart of the ranking here."),
     gt: Optional[Path] = typer.Option(
-        None, "--gt", metavar="DIR", help="Folder of GT label PNGs: also run the full pipeline per template and report mIoU and its rank correlation."
+        None,
+        "--gt",
+        metavar="DIR",
+        help="Folder of GT label PNGs: also run the full pipeline per template and report mIoU and its rank correlation.",
     ),
     crf: Optional[bool] = typer.Option(None, "--crf/--no-crf", help="With --gt: dense CRF in the pipeline (default: on)."),
     weights: Optional[Path] = cv.weights_option(),
     device: str = cv.device_option(),
-    max_side: int = typer.Option(1024, "--max-side", help="Scale larger images down to this long side first, as labelling does (0: never)."),
+    max_side: int = typer.Option(
+        1024, "--max-side", help="Scale larger images down to this long side first, as labelling does (0: never)."
+    ),
 ) -> None:
     """Rank prompt templates by sharpness (CLIP-ES): no masks needed, only image-level labels."""
-    raise typer.Exit(
-        _run(images, labels, annotations, classes, templates, limit, seed, out, plot, gt, crf, weights, device, max_side)
-    )
+    raise typer.Exit(_run(images, labels, annotations, classes, templates, limit, seed, out, plot, gt, crf, weights, device, max_side))
 
 
 @handle_errors

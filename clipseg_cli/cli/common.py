@@ -126,8 +126,7 @@ def predict_with_progress(
     labelled = labels is not None or hasattr(predictor, "image_labels")
     unlabelled = f"{len(summary.unlabelled)} without labels, " if labelled else ""
     console.print(
-        f"done: {summary.written} written, {summary.skipped} already there, {unlabelled}"
-        f"{len(summary.failed)} failed -> {out / 'masks'}"
+        f"done: {summary.written} written, {summary.skipped} already there, {unlabelled}{len(summary.failed)} failed -> {out / 'masks'}"
     )
     if summary.failed:
         echo(f"failures are listed in {out / 'predict.json'}")

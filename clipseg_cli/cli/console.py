@@ -52,7 +52,6 @@ def handle_errors(
     return wrapper
 
 
-
 def warn(message: str) -> None:
     """Print ``warning: message`` on one line (the run goes on)."""
     console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)

@@ -121,7 +121,7 @@ class WsssCommand(_HelpWithoutType, TyperCommand):
         out = []
         for arg in args:
             if arg == "--":
-                out += args[len(out):]
+                out += args[len(out) :]
                 break
             name, eq, value = arg.partition("=")
             new = self.aliases.get(name)

@@ -25,9 +25,7 @@ def find_images(root: Path, exclude: Path | None = None) -> list[str]:
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         current = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and (excluded is None or (current / d).resolve() != excluded)
-        )
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (excluded is None or (current / d).resolve() != excluded))
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append((current / name).relative_to(root).as_posix())

@@ -85,14 +85,14 @@ def _parse_json(text: str, source: str) -> LabelMap:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a JSON object {{\"image path\": [\"label\", ...]}}")
+        raise ConfigError(f'{source}: expected a JSON object {{"image path": ["label", ...]}}')
     result: LabelMap = {}
     for key, value in data.items():
         if isinstance(value, str):
             value = [value]
         elif isinstance(value, dict):  # {"labels": [...], "scores": {...}}, as labels.auto.json
             if "labels" not in value:
-                raise ConfigError(f"{source}: the entry of {key!r} is an object without \"labels\"")
+                raise ConfigError(f'{source}: the entry of {key!r} is an object without "labels"')
             value = value["labels"]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{source}: labels of {key!r} must be a list of class names")

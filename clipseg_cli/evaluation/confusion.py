@@ -90,9 +90,7 @@ class ConfusionAccumulator:
         return int(self.hist[: self.n_labels, IGNORE_LABEL].sum())
 
 
-def confusion_matrix(
-    gt: np.ndarray, pred: np.ndarray, n_labels: int, pred_ignore: str = "exclude"
-) -> np.ndarray:
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, n_labels: int, pred_ignore: str = "exclude") -> np.ndarray:
     """The (n, n) confusion matrix of one pair of label maps."""
     acc = ConfusionAccumulator(n_labels)
     acc.add(gt, pred)

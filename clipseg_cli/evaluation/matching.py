@@ -60,7 +60,5 @@ def pair_files(pred_dir: Path, gt_dir: Path, pred_suffix: str = ".png") -> list[
             hint = f" (PRED holds a {sub.name}/ folder: pass {sub})"
         elif pred_suffix == ".png" and not pred and any(pred_dir.rglob("*.npz")):
             hint = " (PRED holds .npz CAMs: add --cams)"
-        raise ConfigError(
-            f"{len(missing)} of {len(gt)} GT files have no {pred_suffix} prediction in {pred_dir}: {shown}{hint}"
-        )
+        raise ConfigError(f"{len(missing)} of {len(gt)} GT files have no {pred_suffix} prediction in {pred_dir}: {shown}{hint}")
     return [Pair(key=k, pred=pred[k], gt=gt[k]) for k in sorted(gt)]

@@ -49,7 +49,5 @@ def read_cams(path: Path, key: str = "refined") -> SavedCams:
     if cams.ndim == 2 and labels.size == 1:
         cams = cams[None]
     if cams.ndim != 3 or cams.shape[0] != labels.size:
-        raise ConfigError(
-            f"{path}: {key!r} has shape {cams.shape}, expected (K, H, W) with K = {labels.size} labels"
-        )
+        raise ConfigError(f"{path}: {key!r} has shape {cams.shape}, expected (K, H, W) with K = {labels.size} labels")
     return SavedCams(cams=cams, labels=labels.astype(np.int64))

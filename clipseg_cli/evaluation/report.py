@@ -71,10 +71,7 @@ def cam_report(
             "mode": "cams",
             "cam_key": cam_key,
             "best_threshold": float(thresholds[best]),
-            "sweep": [
-                {"threshold": float(t), "miou": m.miou, "pixel_accuracy": m.pixel_accuracy}
-                for t, m in zip(thresholds, per_t)
-            ],
+            "sweep": [{"threshold": float(t), "miou": m.miou, "pixel_accuracy": m.pixel_accuracy} for t, m in zip(thresholds, per_t)],
         }
     )
     report.pop("pred_ignore")

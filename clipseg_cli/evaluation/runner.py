@@ -58,9 +58,7 @@ def evaluate_masks(
         if visualize is not None:
             save_side_by_side(picture_path(visualize, pair.key), gt, pred, class_names, pred_ignore, title=pair.key)
         _tick(on_image)
-    report = mask_report(
-        names, acc.matrix(pred_ignore), acc.n_images, acc.valid_pixels, acc.pred_ignored_pixels, pred_ignore
-    )
+    report = mask_report(names, acc.matrix(pred_ignore), acc.n_images, acc.valid_pixels, acc.pred_ignored_pixels, pred_ignore)
     if visualize is not None:
         _bar_chart(visualize, report)
     return report
@@ -101,9 +99,7 @@ def visualize_cams(
         gt = read_label_map(pair.gt)
         saved = read_cams(pair.pred, cam_key)
         pred = cam_prediction(saved.cams, saved.labels, threshold)
-        save_side_by_side(
-            picture_path(out_dir, pair.key), gt, pred, class_names, title=f"{pair.key}  t={threshold:.2f}"
-        )
+        save_side_by_side(picture_path(out_dir, pair.key), gt, pred, class_names, title=f"{pair.key}  t={threshold:.2f}")
         _tick(on_image)
     _bar_chart(out_dir, report, title=f"per-class IoU of CAMs at t = {threshold:.2f}")
     sweep_chart(

@@ -66,8 +66,7 @@ def side_by_side(
     palette = _palette()
     counts = np.bincount(gt.ravel(), minlength=256) + np.bincount(pred.ravel(), minlength=256)
     shown = np.flatnonzero(counts).tolist()
-    entries = [(names[v] if v < len(names) else str(v), tuple(int(c) for c in palette[v])) for v in shown
-               if v != IGNORE_LABEL]
+    entries = [(names[v] if v < len(names) else str(v), tuple(int(c) for c in palette[v])) for v in shown if v != IGNORE_LABEL]
     entries += [("void / ignored", VOID), ("correct", CORRECT), ("wrong", WRONG)]
     if pred_ignore == "exclude" and (pred == IGNORE_LABEL).any():
         entries.append(("predicted 255, left out", LEFT_OUT))
@@ -130,9 +129,7 @@ def iou_bar_chart(
     _save_figure(fig, dest)
 
 
-def sweep_chart(
-    dest: str | os.PathLike[str], thresholds: Sequence[float], mious: Sequence[float | None], best: float
-) -> None:
+def sweep_chart(dest: str | os.PathLike[str], thresholds: Sequence[float], mious: Sequence[float | None], best: float) -> None:
     """mIoU against the CAM background threshold, the best one marked."""
     from matplotlib.figure import Figure
 

@@ -56,9 +56,7 @@ def mask_key(mask: np.ndarray, labels: Sequence[int], names: Sequence[str]) -> l
     return entries  # type: ignore[return-value]
 
 
-def compose(
-    image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None
-) -> np.ndarray:
+def compose(image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None) -> np.ndarray:
     """The picture; with ``labels`` (class indices, in the order of ``names``) a colour key under it."""
     tiles = [_tile(image, "image"), _tile(overlay(image, mask), "mask")]
     tiles += [_tile(heatmap(image, cam), f"CAM {name}") for cam, name in zip(cams, names)]

@@ -192,4 +192,3 @@ class CamMethod(LearnedMethod):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"image_labels": {k: self.image_labels[k] for k in self.keys}, "images": len(self.keys)}
-

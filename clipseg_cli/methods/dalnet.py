@@ -98,8 +98,13 @@ def implicit_alignment_loss(v_cls: torch.Tensor, t_fg: torch.Tensor, t_bg: torch
 
 
 def explicit_alignment_loss(
-    v_p: torch.Tensor, mask: torch.Tensor, t_fg: torch.Tensor, t_bg: torch.Tensor, labels: torch.Tensor,
-    lam: float = 0.001, tau: float = 1.0,
+    v_p: torch.Tensor,
+    mask: torch.Tensor,
+    t_fg: torch.Tensor,
+    t_bg: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float = 0.001,
+    tau: float = 1.0,
 ) -> torch.Tensor:
     """Eqs. 4-6: v_p (B, N, d) projected patch tokens, mask (B, N) M_obj, t_fg (C, d), t_bg (d,),
     labels (B, C). Cosines of zero (masked-out) tokens are 0. Mean over batch and tokens."""
@@ -143,8 +148,15 @@ def patch_contrast_loss(tokens: torch.Tensor, token_label: torch.Tensor) -> torc
 # -- the network ---------------------------------------------------------------------------------
 class DALNet(nn.Module):
     def __init__(
-        self, backbone: nn.Module, text_fg: torch.Tensor, text_bg: torch.Tensor, *, backbone_spec: str,
-        inter_block: int | None = None, proj_dim: int = 256, beta: float = 0.5,
+        self,
+        backbone: nn.Module,
+        text_fg: torch.Tensor,
+        text_bg: torch.Tensor,
+        *,
+        backbone_spec: str,
+        inter_block: int | None = None,
+        proj_dim: int = 256,
+        beta: float = 0.5,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -174,9 +186,14 @@ class DALNet(nn.Module):
         cfg = {
             "backbone": self.backbone_spec,
             "arch": "timm" if isinstance(b, TimmViT) else "clip",
-            "width": vit_width(b), "depth": len(b.blocks), "patch_size": b.patch_size,
-            "inter_block": self.inter_block, "proj_dim": self.visual_proj.out_features, "beta": self.beta,
-            "num_classes": self.num_classes, "text_dim": self.text_fg.shape[1],
+            "width": vit_width(b),
+            "depth": len(b.blocks),
+            "patch_size": b.patch_size,
+            "inter_block": self.inter_block,
+            "proj_dim": self.visual_proj.out_features,
+            "beta": self.beta,
+            "num_classes": self.num_classes,
+            "text_dim": self.text_fg.shape[1],
         }
         if isinstance(b, TimmViT):
             cfg["heads"] = b.blocks[0].attn.heads
@@ -198,7 +215,9 @@ class DALNet(nn.Module):
         mid = mid.transpose(1, 2).reshape(mid.shape[0], -1, h, w)
         return {"cls": cls, "patches": patches, "maps": self.classifier(feats), "inter_maps": self.inter_classifier(mid)}
 
-    def losses(self, out: Mapping[str, torch.Tensor], labels: torch.Tensor, weights: Sequence[float] = LOSS_WEIGHTS) -> dict[str, torch.Tensor]:
+    def losses(
+        self, out: Mapping[str, torch.Tensor], labels: torch.Tensor, weights: Sequence[float] = LOSS_WEIGHTS
+    ) -> dict[str, torch.Tensor]:
         l_cls = F.multilabel_soft_margin_loss(gmp_logits(out["maps"]), labels)
         l_inter = F.multilabel_soft_margin_loss(gmp_logits(out["inter_maps"]), labels)
         inter_cam = cam_from_logits(out["inter_maps"].detach())
@@ -226,8 +245,15 @@ def build_from_config(cfg: Mapping[str, Any]) -> DALNet:
 
             vit = VisionTransformer(_Cfg())  # type: ignore[arg-type]
         zeros_fg = torch.zeros(int(cfg["num_classes"]), int(cfg["text_dim"]))
-        return DALNet(vit, zeros_fg, torch.zeros(int(cfg["text_dim"])), backbone_spec=str(cfg["backbone"]),
-                      inter_block=int(cfg["inter_block"]), proj_dim=int(cfg["proj_dim"]), beta=float(cfg["beta"]))
+        return DALNet(
+            vit,
+            zeros_fg,
+            torch.zeros(int(cfg["text_dim"])),
+            backbone_spec=str(cfg["backbone"]),
+            inter_block=int(cfg["inter_block"]),
+            proj_dim=int(cfg["proj_dim"]),
+            beta=float(cfg["beta"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"not a DALNet model_config ({exc})") from None
 
@@ -271,8 +297,7 @@ class DalnetConfig(ViTConfig):
     """Everything ``train-cam dalnet`` is asked for; the defining fields are kept on --resume."""
 
     weights: Path | None = weights_setting(
-        "CLIP checkpoint for the frozen text encoder (and --backbone clip) (default: $WSSS_LABEL_WEIGHTS, "
-        "else the cached ViT-B-16.pt)."
+        "CLIP checkpoint for the frozen text encoder (and --backbone clip) (default: $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt)."
     )
     iters: int = setting(20000, "Training iterations.", minimum=1)
     batch: int = setting(4, "Images per training iteration.", flags=("--batch-size",), minimum=1)
@@ -443,8 +468,14 @@ class Dalnet(CamMethod):
 
 
 def train_dalnet(
-    model: DALNet, images: Sequence[np.ndarray | Path], labels: np.ndarray, class_names: list[str], cfg: DalnetConfig,
-    device: torch.device, *, resume: bool = False,
+    model: DALNet,
+    images: Sequence[np.ndarray | Path],
+    labels: np.ndarray,
+    class_names: list[str],
+    cfg: DalnetConfig,
+    device: torch.device,
+    *,
+    resume: bool = False,
     on_step: Callable[[int, float, float, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``images`` (uint8 RGB arrays or image paths, read per batch) with multi-hot
@@ -502,8 +533,9 @@ class DALNetPredictor:
         return scores / scores.sum(axis=0, keepdims=True)  # argmax = background threshold rule; sums to 1 for CRF
 
 
-def predictor_from_checkpoint(ckpt: Mapping[str, Any], device: torch.device, scales: Sequence[float] = (1.0,),
-                              flip: bool = False, bg_threshold: float = 0.5) -> DALNetPredictor:
+def predictor_from_checkpoint(
+    ckpt: Mapping[str, Any], device: torch.device, scales: Sequence[float] = (1.0,), flip: bool = False, bg_threshold: float = 0.5
+) -> DALNetPredictor:
     model = build_from_config(ckpt["model_config"])
     try:
         model.load_state_dict(ckpt["model"])

@@ -50,9 +50,7 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 
 
-def build_optimizer(
-    model: DeepLabV2, lr: float, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY
-) -> torch.optim.SGD:
+def build_optimizer(model: DeepLabV2, lr: float, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY) -> torch.optim.SGD:
     """SGD over the groups described in the module docstring; each group keeps its ``lr_mult``."""
     conv, norm = [], []
     for module in model.backbone.modules():
@@ -271,5 +269,3 @@ class DeepLabRetrain(LearnedMethod):
     def load_predictor(cls, ckpt: dict[str, Any], device: torch.device, options: InferenceOptions) -> DeepLabPredictor:
         model, norm = build_from_checkpoint(ckpt)
         return DeepLabPredictor(model, norm, list(ckpt["class_names"]), device, options)
-
-

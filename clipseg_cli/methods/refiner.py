@@ -73,9 +73,7 @@ class RefinerModel(nn.Module):
         return f"refiner.{self.method}"
 
     @classmethod
-    def create(
-        cls, clip: CLIP, class_names: Sequence[str], class_prompts: Sequence[str], options: Mapping[str, Any]
-    ) -> RefinerModel:
+    def create(cls, clip: CLIP, class_names: Sequence[str], class_prompts: Sequence[str], options: Mapping[str, Any]) -> RefinerModel:
         """A freshly initialised refiner on a frozen CLIP (the caller seeds the RNGs first);
         ``class_prompts`` are the class set's prompt texts (synonyms fused, as for labelling);
         ``options`` the method's own settings."""
@@ -167,9 +165,7 @@ class RefinerConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         if not 0.0 <= self.warmup < 1.0:
-            raise ConfigError(
-                f"--warmup-iters must be in [0, --iters) (--warmup: a fraction in [0, 1)), got {self.warmup:g} of --iters"
-            )
+            raise ConfigError(f"--warmup-iters must be in [0, --iters) (--warmup: a fraction in [0, 1)), got {self.warmup:g} of --iters")
 
     @classmethod
     def own_fields(cls) -> list[str]:

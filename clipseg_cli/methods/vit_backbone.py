@@ -43,6 +43,7 @@ class ViTConfig(RunConfig):
         "CLIP checkpoint for --backbone clip (default: $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt)."
     )
 
+
 __all__ = ["TimmViT", "ViTConfig", "build_backbone", "tiny_vit", "forward_tokens", "patch_tokens", "vit_width"]
 
 

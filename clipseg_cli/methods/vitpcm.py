@@ -50,12 +50,8 @@ from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_ever
 
 KIND = "cam.vitpcm"
 DEFAULT_EPOCHS = 10
-CLIP_NORM = Normalization(
-    tuple(255.0 * m for m in CLIP_MEAN), tuple(255.0 * s for s in CLIP_STD)
-)  # type: ignore[arg-type]
-TIMM_NORM = Normalization(
-    (127.5, 127.5, 127.5), (127.5, 127.5, 127.5)
-)  # timm's ViT-B/16 (augreg): mean = std = 0.5
+CLIP_NORM = Normalization(tuple(255.0 * m for m in CLIP_MEAN), tuple(255.0 * s for s in CLIP_STD))  # type: ignore[arg-type]
+TIMM_NORM = Normalization((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))  # timm's ViT-B/16 (augreg): mean = std = 0.5
 
 
 # -- network -------------------------------------------------------------------------------------
@@ -81,9 +77,7 @@ class HVBiLSTM(nn.Module):
 class PatchClassMapper(nn.Module):
     """ViT -> HV-BiLSTM -> linear patch classifier (K+1) -> per-patch softmax, (B, K+1, h, w)."""
 
-    def __init__(
-        self, backbone: nn.Module, num_classes: int, lstm_hidden: int = 256
-    ) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, lstm_hidden: int = 256) -> None:
         super().__init__()
         self.backbone = backbone
         dim = vit_width(backbone)
@@ -208,10 +202,8 @@ class VitPcmConfig(ViTConfig):
 
     size: int = setting(384, "Training images are resized to SIZE x SIZE (a multiple of twice the patch size).",
                         minimum=32)  # fmt: skip
-    epochs: int | None = setting(None, "Training length in passes over the labelled images (this method's unit); "
-                                 "default 10.", minimum=1)
-    iters: int | None = setting(None, "Training iterations, instead of --epochs (the other training commands' unit).",
-                                minimum=1)
+    epochs: int | None = setting(None, "Training length in passes over the labelled images (this method's unit); default 10.", minimum=1)
+    iters: int | None = setting(None, "Training iterations, instead of --epochs (the other training commands' unit).", minimum=1)
     batch: int = setting(8, "Images per training iteration. The mosaic branch groups them by 4.",
                          flags=("--batch-size",), minimum=1)  # fmt: skip
     frozen_epochs: int = setting(2, "First epochs with the backbone frozen, at --lr.", minimum=0)
@@ -346,18 +338,14 @@ def vitpcm_loss(model: PatchClassMapper, images: torch.Tensor, targets: torch.Te
     return loss, parts
 
 
-def second_branch(
-    model: PatchClassMapper, images: torch.Tensor, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+def second_branch(model: PatchClassMapper, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The equivariance branch c = m(b(.)) and its inverse: warp (b), halve, 2x2 mosaics (m) of the
     input size; the patch maps split back (m^-1), upsampled to the main grid and un-warped (b^-1).
     Returns (B, K+1, h, w) probabilities and the (B, 1, h, w) mask of patches seen by both branches."""
     b = images.shape[0]
     theta = eqv.random_affine(b, gen).to(images.device)
     warped = eqv.warp(images, theta)
-    half = F.interpolate(
-        warped, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=True
-    )
+    half = F.interpolate(warped, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=True)
     idx = eqv.mosaic_indices(b).to(images.device)
     probs = model(eqv.mosaic(half[idx]))
     tiles = eqv.unmosaic(probs)[:b]
@@ -385,13 +373,9 @@ class VitPcmPredictor:
         self.labels = labels or {}
 
     @torch.no_grad()
-    def patch_probabilities(
-        self, image: np.ndarray, labels: Sequence[int] | None = None
-    ) -> np.ndarray:
+    def patch_probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (K+1, g, g) per-patch probabilities."""
-        resized = cv2.resize(
-            image, (self.size, self.size), interpolation=cv2.INTER_LINEAR
-        )
+        resized = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         x = torch.from_numpy(self.norm.apply(resized)).unsqueeze(0).to(self.device)
         probs = self.model(x)[0]
         if self.flip:
@@ -404,9 +388,7 @@ class VitPcmPredictor:
             probs = probs / probs.sum(dim=0, keepdim=True).clamp_min(1e-12)
         return probs.float().cpu().numpy()
 
-    def probabilities(
-        self, image: np.ndarray, labels: Sequence[int] | None = None
-    ) -> np.ndarray:
+    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
         probs = self.patch_probabilities(image, labels)
         h, w = image.shape[:2]
         up = torch.from_numpy(probs)[None]
@@ -427,11 +409,7 @@ def predictor_from_checkpoint(ckpt: Mapping[str, Any], device: torch.device, opt
         raise model_mismatch(exc) from None
     size = int(size or cfg.get("predict_size", 960))
     if size % model.patch_size:
-        raise ConfigError(
-            f"prediction size {size} is not a multiple of the patch size {model.patch_size}"
-        )
+        raise ConfigError(f"prediction size {size} is not a multiple of the patch size {model.patch_size}")
     labels = saved_image_labels(ckpt.get("image_labels"))
     flip = bool(options.flip) if options is not None else False
-    return VitPcmPredictor(
-        model, norm, list(ckpt["class_names"]), device, size, flip, labels
-    )
+    return VitPcmPredictor(model, norm, list(ckpt["class_names"]), device, size, flip, labels)

@@ -93,9 +93,7 @@ def mosaic_indices(batch: int) -> torch.Tensor:
     return torch.arange(4 * math.ceil(batch / 4)) % batch
 
 
-def equivariance_loss(
-    target: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor | None = None
-) -> torch.Tensor:
+def equivariance_loss(target: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 8 between (B, C, h, w) patch distributions ``target`` (nu) and ``pred`` (mu), as
     KL(nu || mu) = -sum nu log mu - H(nu), averaged over the ``valid`` (B, 1, h, w) patches."""
     nu = target.clamp_min(EPS)

@@ -157,9 +157,7 @@ class CoAttentionMatching(nn.Module):
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class TextGuidedDecoder(nn.Module):
@@ -204,9 +202,7 @@ class WeakCLIP(RefinerModel):
     method: ClassVar[str] = "weakclip"
     crop_multiple: ClassVar[int] = 32
 
-    def __init__(
-        self, clip: CLIP, class_names: Sequence[str], texts: Sequence[str], context: int = 8, decoder_dim: int = 256
-    ) -> None:
+    def __init__(self, clip: CLIP, class_names: Sequence[str], texts: Sequence[str], context: int = 8, decoder_dim: int = 256) -> None:
         """``texts``: what is matched, background first then one per class (after the context vectors)."""
         super().__init__()
         if decoder_dim < 1:
@@ -229,9 +225,7 @@ class WeakCLIP(RefinerModel):
 
     # -- RefinerModel --
     @classmethod
-    def create(
-        cls, clip: CLIP, class_names: Sequence[str], class_prompts: Sequence[str], options: Mapping[str, Any]
-    ) -> WeakCLIP:
+    def create(cls, clip: CLIP, class_names: Sequence[str], class_prompts: Sequence[str], options: Mapping[str, Any]) -> WeakCLIP:
         texts = [BACKGROUND_TEXT, *class_prompts]
         return cls(clip, class_names, texts, int(options["context"]), int(options["decoder_dim"]))
 
@@ -241,9 +235,7 @@ class WeakCLIP(RefinerModel):
         actual = asdict(clip.config)
         if saved != actual:
             diff = next(k for k in actual if saved.get(k) != actual[k])
-            raise ConfigError(
-                f"the checkpoint was trained on another CLIP architecture ({diff}: {saved.get(diff)} vs {actual[diff]})"
-            )
+            raise ConfigError(f"the checkpoint was trained on another CLIP architecture ({diff}: {saved.get(diff)} vs {actual[diff]})")
         return cls(
             clip,
             list(model_config["class_names"]),

@@ -17,9 +17,7 @@ from clipseg_cli.io.masks import IGNORE_LABEL
 from clipseg_cli.postprocess.crf import CRFParams, dense_crf
 
 # The CRF of the reference implementation's boundary loss (run at the prediction's resolution).
-BOUNDARY_CRF = CRFParams(
-    iterations=10, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0, bilateral_srgb=3.0, bilateral_compat=5.0
-)
+BOUNDARY_CRF = CRFParams(iterations=10, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0, bilateral_srgb=3.0, bilateral_compat=5.0)
 PSI_FLOOR = 1e-4  # CRF probabilities are floored and renormalised, as the reference does
 
 

@@ -137,9 +137,7 @@ def _simplices(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return rem0.to(torch.int64), rank, weights
 
 
-def build_lattice(
-    features: torch.Tensor, groups: torch.Tensor | None = None, *, pack: bool = True
-) -> PermutohedralLattice:
+def build_lattice(features: torch.Tensor, groups: torch.Tensor | None = None, *, pack: bool = True) -> PermutohedralLattice:
     """The lattice of (N, d) float32 features; ``groups`` (N,) int64 keeps images apart in a batch.
 
     A vertex's key is its first d coordinates (the last is minus their sum). Vertex i of the

@@ -9,9 +9,7 @@ import numpy as np
 from clipseg_cli.io.masks import IGNORE_LABEL
 
 
-def label_map(
-    scores: np.ndarray, channel_labels: Sequence[int], min_confidence: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def label_map(scores: np.ndarray, channel_labels: Sequence[int], min_confidence: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Argmax over ``scores`` (C, H, W), mapped through ``channel_labels`` (C values).
 
     Returns (mask uint8, confidence float32). Pixels whose max score is below

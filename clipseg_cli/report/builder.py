@@ -173,9 +173,7 @@ def _prepare_report_dir(report_dir: Path) -> None:
         raise ConfigError(f"cannot write to {report_dir}")
 
 
-def _collect(
-    tasks: list[work.Task], workers: int, on_phase: OnPhase | None, description: str
-) -> Iterator[dict[str, Any]]:
+def _collect(tasks: list[work.Task], workers: int, on_phase: OnPhase | None, description: str) -> Iterator[dict[str, Any]]:
     advance = on_phase(description, len(tasks)) if on_phase is not None and tasks else (lambda n: None)
     for result in run_tasks(tasks, workers, advance):
         if "error" in result:

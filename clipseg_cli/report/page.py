@@ -101,8 +101,11 @@ def _stats_row(ctx: PageContext) -> str:
     parts.append(_stat(f"{len(ctx.failed):,}", "failed", "images run.json lists as failed", bad=bool(ctx.failed)))
     parts.append(_stat(f"{len(ctx.skipped):,}", "skipped", "images without labels"))
     parts.append(
-        _stat(f"{sum(confs) / len(confs):.3f}" if confs else "n/a", "mean confidence",
-              "mean over images of the mean CRF confidence" if confs else "no confidence: the run had no CRF")
+        _stat(
+            f"{sum(confs) / len(confs):.3f}" if confs else "n/a",
+            "mean confidence",
+            "mean over images of the mean CRF confidence" if confs else "no confidence: the run had no CRF",
+        )
     )
     parts.append(_stat(_fmt_pct(rec.median([x["ignored"] for x in r])), "median ignored"))
     parts.append(_stat(_fmt_pct(sum(x["ignored"] for x in r) / len(r) if r else None), "mean ignored"))
@@ -134,9 +137,7 @@ def _legend(ctx: PageContext) -> str:
     for label in used:
         if label == 0:
             continue
-        items.append(
-            f'<span><span class="sw" style="background:{ctx.colours[label]}"></span>{escape(ctx.label_names[label])}</span>'
-        )
+        items.append(f'<span><span class="sw" style="background:{ctx.colours[label]}"></span>{escape(ctx.label_names[label])}</span>')
     items.append('<span><span class="sw ign"></span>ignored (255, hatched)</span>')
     return '<div class="legend"><b>legend</b>' + "".join(items) + "</div>"
 
@@ -183,8 +184,7 @@ def _problems(ctx: PageContext) -> str:
         if not items:
             continue
         lis = "".join(
-            f"<li><code>{escape(str(f.get('image', '?')))}</code> {escape(str(f.get('reason', '')))}</li>"
-            for f in items[:SHOW_FAILURES]
+            f"<li><code>{escape(str(f.get('image', '?')))}</code> {escape(str(f.get('reason', '')))}</li>" for f in items[:SHOW_FAILURES]
         )
         more = f"<li>… and {len(items) - SHOW_FAILURES} more in run.json</li>" if len(items) > SHOW_FAILURES else ""
         out.append(f'<details class="{cls}"><summary>{len(items)} {what} image(s)</summary><ul>{lis}{more}</ul></details>')
@@ -303,7 +303,7 @@ def embed_json(obj: Any) -> str:
 
 def render_page(ctx: PageContext) -> str:
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta name="generator" content="wsss-label {escape(__version__)} report">'
         f"<title>{escape(ctx.title)}</title><style>{CSS}</style></head><body>"

@@ -112,9 +112,7 @@ def load_run(out: Path, images: Path | None = None) -> RunFolder:
         raise ConfigError(f"{out} is not a folder")
     run_file = out / RUN_FILE
     if not run_file.is_file():
-        raise ConfigError(
-            f"{out} has no {RUN_FILE}: give the --out folder of a `wsss-label IMAGES --labels ... --out OUT` run"
-        )
+        raise ConfigError(f"{out} has no {RUN_FILE}: give the --out folder of a `wsss-label IMAGES --labels ... --out OUT` run")
     masks = out / MASKS
     if not masks.is_dir():
         raise ConfigError(f"{out} has no {MASKS}/ folder: give the --out folder of a finished wsss-label run")

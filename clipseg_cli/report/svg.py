@@ -97,8 +97,6 @@ def histogram(
         )
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = left + pw * frac
-        parts.append(
-            f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" fill="{INK}">{_num(unit_max * frac)}{unit}</text>'
-        )
+        parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" fill="{INK}">{_num(unit_max * frac)}{unit}</text>')
     parts.append("</svg>")
     return "".join(parts)

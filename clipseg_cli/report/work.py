@@ -118,9 +118,7 @@ def _thumb_photo(task: Task, size: tuple[int, int]) -> tuple[Image.Image, str | 
     return render.blank_photo(size), None, None
 
 
-def render_pictures(
-    task: Task, mask: np.ndarray, voc: bool, gt: np.ndarray | None, photo: Image.Image, mode: str | None
-) -> dict[str, Any]:
+def render_pictures(task: Task, mask: np.ndarray, voc: bool, gt: np.ndarray | None, photo: Image.Image, mode: str | None) -> dict[str, Any]:
     """Write the thumbnail (and the overlay where the page cannot draw the mask itself) of
     one image; returns how the full-size view shows the photo and the overlay."""
     small = render.resize_mask(mask, photo.size)

@@ -78,9 +78,7 @@ def for_finish(prepared: PreparedImage) -> PreparedImage:
     return dataclasses.replace(prepared, tensor=_NO_TENSOR)
 
 
-def finish_stage(
-    item: WorkItem, prepared: PreparedImage, grid_cam: np.ndarray, grid_refined: np.ndarray, cam_seconds: float
-) -> dict:
+def finish_stage(item: WorkItem, prepared: PreparedImage, grid_cam: np.ndarray, grid_refined: np.ndarray, cam_seconds: float) -> dict:
     """CRF and mask, then the image's files (mask last); returns the fields of its ``Outcome``
     (seconds and figures for run.json)."""
     spec = _current()

@@ -68,9 +68,7 @@ def worker_engine(job: LabelJob, workers: int) -> Engine:
     )
 
     def make_executor() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=workers, mp_context=mp_context(), initializer=stages.init_worker, initargs=(spec,)
-        )
+        return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), initializer=stages.init_worker, initargs=(spec,))
 
     def engine(items: Sequence[WorkItem], record: Record) -> None:
         prefetch, window = windows(workers)

@@ -25,9 +25,7 @@ def rescale(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarr
     return image, mask
 
 
-def pad_to(
-    image: np.ndarray, mask: np.ndarray, size: int, fill: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def pad_to(image: np.ndarray, mask: np.ndarray, size: int, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pad bottom/right up to ``size`` x ``size``: image with ``fill`` (the mean pixel), mask with 255."""
     h, w = mask.shape
     ph, pw = max(size - h, 0), max(size - w, 0)
@@ -41,9 +39,7 @@ def pad_to(
     return out, out_mask
 
 
-def random_crop(
-    image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A ``size`` x ``size`` window at a random position (inputs at least that large)."""
     h, w = mask.shape
     y = int(rng.integers(0, h - size + 1))

@@ -101,10 +101,7 @@ def load_pair(pair: Pair, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         raise ImageError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}")
     bad = (mask >= num_classes) & (mask != IGNORE_LABEL)
     if bad.any():
-        raise ImageError(
-            f"{pair.mask}: label {int(mask[bad].max())} is out of range for {num_classes - 1} classes "
-            "(check --classes)"
-        )
+        raise ImageError(f"{pair.mask}: label {int(mask[bad].max())} is out of range for {num_classes - 1} classes (check --classes)")
     return image, mask
 
 

@@ -64,14 +64,12 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise ConfigError(f"--init {path}: not a state dict of tensors; expected {ACCEPTED}")
     sd = dict(obj)
     for prefix in ("module.", "base."):
         if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -116,7 +114,7 @@ def _caffe_to_torchvision(key: str) -> str | None:
 
 
 def _split_head(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    head = {k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}
+    head = {k[len("head.") :]: v for k, v in sd.items() if k.startswith("head.")}
     backbone = {k: v for k, v in sd.items() if not k.startswith("head.")}
     return backbone, head
 
@@ -127,8 +125,8 @@ def read_init(path: str | Path) -> InitWeights:
     obj = load_torch_file(path, "--init")
     if isinstance(obj, Mapping) and obj.get("kind") == "deeplabv2" and isinstance(obj.get("model"), Mapping):
         sd = dict(obj["model"])
-        backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-        head = {k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}
+        backbone = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+        head = {k[len("head.") :]: v for k, v in sd.items() if k.startswith("head.")}
         cfg = obj.get("model_config", {})
         return InitWeights(
             path,
@@ -172,9 +170,7 @@ def _check_keys(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.
         raise ConfigError(f"--init {path}: {part} keys do not match: {'; '.join(bits)}")
     for k, v in given.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise ConfigError(
-                f"--init {path}: {part} {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
-            )
+            raise ConfigError(f"--init {path}: {part} {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
 
 
 def apply_init(model: DeepLabV2, init: InitWeights, arch: str) -> str:
@@ -182,9 +178,7 @@ def apply_init(model: DeepLabV2, init: InitWeights, arch: str) -> str:
     if init.depth != model.backbone.depth:
         hint = next((a for a, d in ARCHS.items() if d == init.depth), None)
         tip = f"; pass --arch {hint}" if hint else ""
-        raise ConfigError(
-            f"--init {init.path} holds a ResNet-{init.depth} but --arch {arch} is ResNet-{model.backbone.depth}{tip}"
-        )
+        raise ConfigError(f"--init {init.path} holds a ResNet-{init.depth} but --arch {arch} is ResNet-{model.backbone.depth}{tip}")
     expected = model.backbone.state_dict()
     _check_keys(expected, init.backbone, init.path, "backbone")
     sd = {k: v.to(expected[k].dtype) for k, v in init.backbone.items()}
@@ -194,9 +188,7 @@ def apply_init(model: DeepLabV2, init: InitWeights, arch: str) -> str:
     note = f"{init.source} ResNet-{init.depth} backbone from {init.path.name}"
     if init.head:
         head_expected = model.head.state_dict()
-        if set(init.head) == set(head_expected) and all(
-            init.head[k].shape == head_expected[k].shape for k in head_expected
-        ):
+        if set(init.head) == set(head_expected) and all(init.head[k].shape == head_expected[k].shape for k in head_expected):
             model.head.load_state_dict(init.head, strict=True)
             note += " + ASPP head"
         else:

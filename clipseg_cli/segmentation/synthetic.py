@@ -15,9 +15,7 @@ from PIL import Image
 
 from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
 
-PALETTE = np.array(
-    [(220, 40, 40), (40, 190, 60), (50, 80, 230), (230, 200, 30), (200, 60, 220), (40, 200, 210)], np.float32
-)
+PALETTE = np.array([(220, 40, 40), (40, 190, 60), (50, 80, 230), (230, 200, 30), (200, 60, 220), (40, 200, 210)], np.float32)
 
 
 def make_sample(rng: np.random.Generator, size: int, num_classes: int, band: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -104,9 +104,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     npd = state["numpy"]
-    np.random.set_state(
-        (npd["name"], npd["keys"].numpy().astype("uint32"), npd["pos"], npd["has_gauss"], npd["cached_gaussian"])
-    )
+    np.random.set_state((npd["name"], npd["keys"].numpy().astype("uint32"), npd["pos"], npd["has_gauss"], npd["cached_gaussian"]))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():

@@ -71,9 +71,7 @@ class TrainBatches(Sampler[list[tuple[int, int]]]):
             yield [(sample_position(g, self.n, self.seed), g) for g in range(g0, g0 + self.batch)]
 
 
-def stream_loader(
-    dataset: Dataset, batch: int, seed: int, start: int, stop: int, workers: int, device: torch.device
-) -> DataLoader:
+def stream_loader(dataset: Dataset, batch: int, seed: int, start: int, stop: int, workers: int, device: torch.device) -> DataLoader:
     """A DataLoader over the stream of iterations ``start`` .. ``stop - 1`` of ``dataset``."""
     sampler = TrainBatches(len(dataset), batch, seed, start, stop)  # type: ignore[arg-type]
     return DataLoader(

@@ -254,9 +254,7 @@ class Trainer:
                         value, parts = self._step(batch, st.iteration)
                     except FloatingPointError as exc:
                         diverged = True
-                        raise ConfigError(
-                            f"the loss became {exc} at iteration {st.iteration + 1}; lower --lr and start again"
-                        ) from None
+                        raise ConfigError(f"the loss became {exc} at iteration {st.iteration + 1}; lower --lr and start again") from None
                     st.iteration += 1
                     st.session_seconds = time.perf_counter() - started
                     st.seconds = base_seconds + st.session_seconds
@@ -275,9 +273,7 @@ class Trainer:
             st.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             if st.iteration > st.last_saved and not diverged:
                 self.save(interrupted=True)
-                self.reporter.message(
-                    f"saved {self.out / LAST} at iteration {st.iteration}; rerun with --resume to continue"
-                )
+                self.reporter.message(f"saved {self.out / LAST} at iteration {st.iteration}; rerun with --resume to continue")
             write_loss_curve(self.out / METRICS, self.out / CURVE)
             raise
         except RuntimeError as exc:

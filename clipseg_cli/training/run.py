@@ -159,9 +159,7 @@ def open_run(out: Path, kind: str, command: str, resume: bool) -> dict[str, Any]
     An existing run without ``--resume`` is an error (nothing is overwritten)."""
     check_out_folder(out)
     if (out / LAST).exists() and not resume:
-        raise ConfigError(
-            f"{out} already holds a training run ({LAST}); pass --resume to continue it or choose another --out"
-        )
+        raise ConfigError(f"{out} already holds a training run ({LAST}); pass --resume to continue it or choose another --out")
     return read_resume_checkpoint(out, kind, command) if resume else None
 
 
@@ -178,7 +176,5 @@ def refuse_conflicts(saved: dict[str, Any], given: dict[str, Any], explicit: Seq
     conflicts = resume_conflicts(saved, given, explicit)
     if conflicts:
         raise ConfigError(
-            "--resume continues the run as it was started; these differ: "
-            + "; ".join(conflicts)
-            + ". Drop them, or train into a new --out"
+            "--resume continues the run as it was started; these differ: " + "; ".join(conflicts) + ". Drop them, or train into a new --out"
         )

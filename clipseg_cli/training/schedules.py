@@ -26,9 +26,7 @@ def cosine_lr(base_lr: float, iteration: int, iters: int, min_lr: float = 0.0) -
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def warmup_cosine_lr(
-    base_lr: float, iteration: int, iters: int, warmup: float, min_fraction: float = 0.01, start: float = 1e-6
-) -> float:
+def warmup_cosine_lr(base_lr: float, iteration: int, iters: int, warmup: float, min_fraction: float = 0.01, start: float = 1e-6) -> float:
     """Cosine decay from ``base_lr`` to ``min_fraction`` of it over ``iters``, its first ``warmup``
     fraction scaled by a linear warm-up from ``start`` (mmseg's ``CosineAnnealing`` + linear warm-up)."""
     lr = cosine_lr(base_lr, iteration, iters, base_lr * min_fraction)
