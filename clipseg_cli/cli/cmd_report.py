@@ -47,10 +47,19 @@ def report(
         None, "--images", metavar="DIR", help="The image folder, if it is no longer where run.json says (settings.images)."
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering thumbnails (default: one per CPU core)."),
+    serve: bool = typer.Option(
+        False, "--serve",
+        help="Then serve the gallery on 127.0.0.1 (a token in the URL) and save marks to OUT/review.json as you go; Ctrl-C stops.",
+    ),
+    port: int = typer.Option(0, "--port", help="With --serve: the port (default 0: a free one)."),
 ) -> None:
     """Build OUT/report/index.html: a gallery of the pseudo masks that opens from disk."""
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, not {port}")
+    if port and not serve:
+        raise ConfigError("--port needs --serve")
     result = build_with_progress(out, gt=gt, sort=sort.value, limit=limit, images=images, workers=workers)
     shown = f"{result.n_shown} of {result.n_images}" if result.n_shown != result.n_images else f"{result.n_images}"
     console.print(
@@ -60,6 +69,25 @@ def report(
     )
     if result.gt is not None and result.gt["miou"] is not None:
         console.print(f"mIoU {100 * result.gt['miou']:.2f}% over {result.gt['n_images']} image(s) with GT")
+    if serve:
+        serve_report(out, result, port)
+
+
+def serve_report(out: Path, result: BuildResult, port: int) -> None:
+    """Serve the built gallery until Ctrl-C (then one line, exit 0: stopping is how it ends)."""
+    from clipseg_cli.report.serve import ReviewServer
+
+    try:
+        server = ReviewServer(out, result.images_root, result.image_names, port=port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+    with server:
+        console.print(f"serving the gallery at {server.url}", soft_wrap=True)
+        console.print(f"marks are saved to {server.review_path}; Ctrl-C stops", soft_wrap=True)
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:
+            console.print(f"stopped; marks are in {server.review_path}" if server.review_path.is_file() else "stopped; no marks saved")
 
 
 def build_with_progress(out: Path, **options: Any) -> BuildResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import multiprocessing
 import os
 import sys
@@ -24,11 +25,12 @@ from clipseg_cli.report.cache import CACHE_FILE, BuildCache, file_sig
 from clipseg_cli.report.page import PageContext, colour_list, render_page
 from clipseg_cli.report.render import palette
 from clipseg_cli.report.run import RunFolder, RunImage, load_run
+from clipseg_cli.review import REVIEW_FILE, ReviewError, load_review
 
 REPORT_DIR = "report"
 INDEX = "index.html"
 INLINE_BELOW = 48  # fewer tasks than this run in this process: a pool would cost more than it saves
-PICTURE_DIRS = (work.THUMBS, work.THUMBS_GT, work.OVERLAYS, work.OVERLAYS_GT, work.PHOTOS)
+PICTURE_DIRS = (work.THUMBS, work.THUMBS_GT, work.OVERLAYS, work.OVERLAYS_GT, work.PHOTOS, work.ERRORS, work.HEAT)
 
 # on_phase(description, total) -> advance(n): how the builder reports progress.
 Advance = Callable[[int], None]
@@ -47,6 +49,8 @@ class BuildResult:
     gt: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    images_root: Path | None = None  # the run's image folder, if found
+    image_names: list[str] = field(default_factory=list)  # every labelled image of the run (run.json's paths)
 
 
 def default_workers() -> int:
@@ -181,11 +185,34 @@ def _collect(tasks: list[work.Task], workers: int, on_phase: OnPhase | None, des
         yield result
 
 
-def _remove_pictures(report_dir: Path, stem: str) -> None:
-    for folder, ext in ((work.THUMBS, ".jpg"), (work.THUMBS_GT, ".jpg"), (work.OVERLAYS, ".png"),
-                        (work.OVERLAYS_GT, ".png"), (work.PHOTOS, ".jpg")):  # fmt: skip
+def _remove_pictures(report_dir: Path, stem: str, heat: dict[str, Any] | None = None) -> None:
+    names = [(work.THUMBS, ".jpg"), (work.THUMBS_GT, ".jpg"), (work.OVERLAYS, ".png"),
+             (work.OVERLAYS_GT, ".png"), (work.PHOTOS, ".jpg"), (work.ERRORS, ".png")]  # fmt: skip
+    names += [(work.HEAT, work.heat_name(kind, label)) for kind, label in _heat_files(heat)]
+    for folder, ext in names:
         with contextlib.suppress(OSError):
             (report_dir / folder / f"{stem}{ext}").unlink()
+
+
+def _heat_files(heat: Any) -> list[tuple[str, int]]:
+    """(kind, label) of each heat map file a cached ``heat`` part lists."""
+    if not isinstance(heat, dict):
+        return []
+    return [(kind, int(label)) for kind in heat.get("kinds") or [] for label in heat.get("labels") or []]
+
+
+def _review_data(run: RunFolder, warnings: list[str]) -> dict[str, Any] | None:
+    """OUT/review.json for the page (its marks show at once, also from disk); None when there
+    is none. A file that cannot be used is a warning, not a failed report."""
+    path = run.out / REVIEW_FILE
+    if not path.is_file():
+        return None
+    try:
+        review = load_review(path, known=[image.rel for image in run.images])
+    except ReviewError as exc:
+        warnings.append(f"{exc}: the page starts without its marks")
+        return None
+    return {"updated_at": review.updated_at, "marks": review.to_json()["marks"]}
 
 
 def build(
@@ -247,6 +274,7 @@ def build(
             "gt": BuildCache.gt_key(it.mask_sig, it.gt_sig, n_labels) if has_gt else None,
             "pictures": BuildCache.pictures_key(it.mask_sig, it.photo_sig, it.photo),
             "gt_pictures": BuildCache.gt_pictures_key(it.mask_sig, it.gt_sig, it.photo_sig, it.photo) if has_gt else None,
+            "heat": BuildCache.heat_key(it.cams_sig) if it.cams_sig is not None else None,
         }
 
     def stale(it: _Item, parts: Sequence[str]) -> set[str]:
@@ -264,7 +292,15 @@ def build(
                     files.append(work.out_path(root, work.OVERLAYS, it.stem, ".png"))
                 if not all(os.path.isfile(f) for f in files):
                     out.add(part)
-            elif part == "gt_pictures" and not os.path.isfile(work.out_path(root, work.THUMBS_GT, it.stem, ".jpg")):
+            elif part == "gt_pictures" and not all(
+                os.path.isfile(work.out_path(root, folder, it.stem, ext))
+                for folder, ext in ((work.THUMBS_GT, ".jpg"), (work.ERRORS, ".png"))
+            ):
+                out.add(part)
+            elif part == "heat" and not all(
+                os.path.isfile(work.out_path(root, work.HEAT, it.stem, work.heat_name(kind, label)))
+                for kind, label in _heat_files(value)
+            ):
                 out.add(part)
         return out
 
@@ -281,6 +317,7 @@ def build(
             cams=str(it.image.cams) if it.cams_sig is not None else None,
             gt=str(it.gt) if it.gt is not None else None,
             photo=it.photo,
+            heat="heat" in parts,
         )
 
     rendered: list[str] = []
@@ -306,10 +343,16 @@ def build(
                     warnings.append(pictures["warning"])
             if "gt_pictures" in result:
                 cache.put(it.stem, "gt_pictures", k["gt_pictures"], True)
+            if "heat" in result:
+                old = cache.entries.get(it.stem, {}).get("heat")
+                for kind, label in set(_heat_files(old)) - set(_heat_files(result["heat"])):
+                    with contextlib.suppress(OSError):
+                        work.out_path(root, work.HEAT, it.stem, work.heat_name(kind, label)).unlink()
+                cache.put(it.stem, "heat", k["heat"], result["heat"])
 
     try:
         if limit is None:  # one pass: each stale image is read once for all its parts
-            run_parts(items, ("stats", "gt", "pictures", "gt_pictures"), "report: thumbnails")
+            run_parts(items, ("stats", "gt", "pictures", "gt_pictures", "heat"), "report: thumbnails")
         else:  # statistics of all (to sort), then pictures of the shown ones
             run_parts(items, ("stats", "gt"), "report: reading masks")
 
@@ -324,16 +367,18 @@ def build(
         shown = rec.sort_records(records, sort)
         if limit is not None:
             shown = shown[:limit]
-            run_parts([by_stem[r["stem"]] for r in shown], ("pictures", "gt_pictures"), "report: thumbnails")
+            run_parts([by_stem[r["stem"]] for r in shown], ("pictures", "gt_pictures", "heat"), "report: thumbnails")
         for r in shown:  # how the full-size view shows it (a photo found unreadable is left out)
             it = by_stem[r["stem"]]
             pictures = cache.get(it.stem, "pictures", keys(it)["pictures"]) or {}
             r["photo"] = pictures.get("photo")
             r["overlay"] = pictures.get("overlay") or "png"
+            heat = cache.get(it.stem, "heat", keys(it)["heat"]) if keys(it)["heat"] is not None else None
+            r["heat"] = heat if heat and heat.get("kinds") else None
     finally:
         # Entries of images no longer in the run go, with their pictures.
         for stem in [s for s in cache.entries if s not in by_stem]:
-            _remove_pictures(report_dir, stem)
+            _remove_pictures(report_dir, stem, cache.entries[stem].get("heat"))
             del cache.entries[stem]
         with contextlib.suppress(OSError):
             cache.save()
@@ -343,6 +388,7 @@ def build(
         scored = [cache.get(it.stem, "gt", keys(it)["gt"]) if it.gt is not None else None for it in items]
         gt_summary = rec.gt_report([s["hist"] for s in scored if s is not None], run.label_names)
 
+    review = _review_data(run, warnings)
     ctx = PageContext(
         title=f"wsss-label report · {run.out.resolve().name}",
         out_name=run.out.resolve().name,
@@ -362,6 +408,9 @@ def build(
         finished_at=run.data.get("finished_at") if isinstance(run.data.get("finished_at"), str) else None,
         interrupted=bool(run.data.get("interrupted")),
         notes=warnings[:3],
+        run_id=hashlib.sha256(str(run.out.resolve()).encode()).hexdigest()[:16],
+        review=review,
+        redos=[r for r in run.data.get("redos") or [] if isinstance(r, dict)],
     )
     index = report_dir / INDEX
     try:
@@ -379,4 +428,6 @@ def build(
         gt=gt_summary,
         warnings=warnings,
         seconds=time.perf_counter() - started,
+        images_root=run.images_root,
+        image_names=[image.rel for image in run.images],
     )

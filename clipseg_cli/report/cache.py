@@ -18,6 +18,8 @@ CACHE_FILE = ".build-cache.json"
 FORMAT = 1
 STATS_VERSION = 1  # bump when the statistics change
 RENDER_VERSION = 1  # bump when the pictures change
+GT_RENDER_VERSION = 2  # 2: the error map against the GT (overlays-err/)
+HEAT_VERSION = 1
 
 Sig = list[int] | None
 
@@ -69,7 +71,11 @@ class BuildCache:
 
     @staticmethod
     def gt_pictures_key(mask: Sig, gt: Sig, photo: Sig, photo_path: str | None) -> list[Any]:
-        return [RENDER_VERSION, mask, gt, photo, photo_path]
+        return [GT_RENDER_VERSION, mask, gt, photo, photo_path]
+
+    @staticmethod
+    def heat_key(cams: Sig) -> list[Any]:
+        return [HEAT_VERSION, cams]
 
     def get(self, stem: str, part: str, key: list[Any]) -> Any:
         """The cached ``part`` of an image if it was made from ``key``, else None."""

@@ -58,6 +58,9 @@ class PageContext:
     finished_at: str | None = None
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    run_id: str = ""  # names this run's marks in the browser's storage
+    review: dict[str, Any] | None = None  # OUT/review.json when the page was built: marks, updated_at
+    redos: list[dict[str, Any]] = field(default_factory=list)  # run.json's redo records
 
 
 def _fmt_pct(v: float | None, digits: int = 1) -> str:
@@ -120,15 +123,36 @@ def _charts(ctx: PageContext) -> str:
     bars = svg.class_bars(ctx.label_names, hist, ctx.colours)
     ignored = svg.histogram(rec.ignored_histogram(ctx.records), "ignored share per image", css_class="ignored-hist")
     parts = [
+        _review_box(ctx),
         f'<figure id="class-hist"><figcaption>images per class · click to filter</figcaption><div class="scroll">{bars}</div></figure>',
-        f'<figure id="ignored-hist"><figcaption>ignored (255) share per image</figcaption>{ignored}</figure>',
+        f'<figure id="ignored-hist"><figcaption>ignored (255) share per image · click a bar to filter</figcaption>{ignored}</figure>',
     ]
     conf = rec.confidence_histogram(ctx.records)
     if conf is not None:
         chart = svg.histogram(conf, "mean confidence per image", unit_max=1.0, unit="", colour="#0ea5e9", css_class="conf-hist")
-        parts.append(f'<figure id="confidence-hist"><figcaption>mean CRF confidence per image</figcaption>{chart}</figure>')
+        parts.append(f'<figure id="confidence-hist"><figcaption>mean CRF confidence per image · click to filter</figcaption>{chart}</figure>')
     parts.append(_gt_table(ctx))
     return '<div class="charts">' + "".join(parts) + "</div>"
+
+
+def _review_box(ctx: PageContext) -> str:
+    """Counts of each mark (click: filter by it), where marks are kept, export / import.
+    The script fills in the numbers: marks change while the page is open."""
+    counts = "".join(
+        f'<button type="button" class="mc {m}" data-mark="{m}" title="show only {label}">{label}<b id="n-{m}">0</b></button>'
+        for m, label in (("accepted", "accepted"), ("rejected", "rejected"), ("fix", "fix"), ("none", "unmarked"))
+    )
+    return (
+        '<figure id="review-box"><figcaption>review · click to filter</figcaption>'
+        f'<div class="counts">{counts}</div>'
+        '<div class="io"><button type="button" id="export" title="download the marks as review.json">export review.json</button>'
+        '<label class="btn" title="load the marks of a review.json">import…'
+        '<input type="file" id="import-file" class="vh" accept=".json,application/json"></label>'
+        '<span id="review-status"></span></div>'
+        '<p class="muted">mark with <kbd>A</kbd> accept, <kbd>R</kbd> reject, <kbd>F</kbd> fix (again: clear), '
+        'here on the row of <kbd>J</kbd> / <kbd>K</kbd> or in the full-size view. Rejected images are left out of '
+        '<code>retrain --review</code>; <code>wsss-label ... --redo rejected</code> relabels them.</p></figure>'
+    )
 
 
 def _legend(ctx: PageContext) -> str:
@@ -205,12 +229,13 @@ def _toolbar(ctx: PageContext) -> str:
         '<nav class="toolbar">'
         f'<label>class <select id="class-filter">{"".join(options)}</select></label>'
         '<input id="search" type="search" placeholder="filter by name" aria-label="filter by name">'
+        '<label>mark <select id="mark-filter"><option value="">any</option><option value="none">unmarked</option>'
+        '<option value="accepted">accepted</option><option value="rejected">rejected</option><option value="fix">fix</option></select></label>'
         f'<label>sort <select id="sort-key">{sort_options}</select></label>'
         '<button id="sort-dir" type="button">worst first</button>'
-        f'<span id="count" data-count="{len(ctx.shown)}">{len(ctx.shown)} images</span>'
-        '<span class="keys">click a picture to enlarge · <kbd>←</kbd> <kbd>→</kbd> step · <kbd>O</kbd> overlay'
-        + (" · <kbd>G</kbd> GT" if ctx.gt_dir else "")
-        + " · <kbd>Esc</kbd> close</span></nav>"
+        f'<span id="count" data-count="{len(ctx.shown)}">{len(ctx.shown)} images</span><span id="active"></span>'
+        '<span class="keys"><kbd>J</kbd> <kbd>K</kbd> move · <kbd>Enter</kbd> enlarge · '
+        '<kbd>A</kbd> <kbd>R</kbd> <kbd>F</kbd> mark</span></nav>'
     )
 
 
@@ -263,20 +288,32 @@ MASK_FILTER = (
 
 
 def _viewer(ctx: PageContext) -> str:
-    gt = '<label><input type="checkbox" id="v-gt"> GT <kbd>G</kbd></label>' if ctx.gt_dir else ""
+    marks = "".join(
+        f'<button type="button" class="mb {m}" data-mark="{m}" title="{m} ({key}; again: clear)">{label} <kbd>{key}</kbd></button>'
+        for m, label, key in (("accepted", "✓ accept", "A"), ("rejected", "✗ reject", "R"), ("fix", "fix", "F"))
+    )
     return (
         '<div id="viewer" class="viewer" hidden role="dialog" aria-modal="true" aria-label="full-size view">'
         '<div class="vbar"><button id="v-prev" type="button" title="previous (←)">←</button>'
         '<span id="v-pos"></span><button id="v-next" type="button" title="next (→)">→</button>'
         '<strong id="v-name"></strong><span class="muted" id="v-which"></span><span class="sp"></span>'
-        '<label><input type="checkbox" id="v-overlay" checked> overlay <kbd>O</kbd></label>'
-        f"{gt}"
+        '<label title="what is laid over the photo: the mask, the GT (G), the errors vs GT (E), a CAM (C)">show '
+        '<select id="v-layer"></select></label>'
+        '<label><input type="checkbox" id="v-overlay" checked> overlay <kbd title="the letter O">O</kbd></label>'
         '<label>opacity <input type="range" id="v-alpha" min="0" max="100" value="100"></label>'
+        '<span><button id="v-zout" type="button" title="zoom out (-)">−</button>'
+        '<button id="v-zoom" type="button" title="fit (Z; or double-click the picture)">100%</button>'
+        '<button id="v-zin" type="button" title="zoom in (+; or the mouse wheel; drag to pan)">+</button></span>'
         '<a id="v-mask" href="#" target="_blank" rel="noopener">mask PNG</a>'
         '<button id="v-close" type="button" title="close (Esc)">✕</button></div>'
+        f'<div class="vmarks" id="v-marks">{marks}'
+        '<input id="v-note" type="text" maxlength="2000" aria-label="note" placeholder="note (optional)"> <kbd>N</kbd></div>'
         '<div class="vbody"><div class="stage"><div class="stack">'
         '<img id="v-photo" class="photo" alt=""><img id="v-ov" class="ov" alt="overlay"></div></div>'
-        '<aside class="vinfo" id="v-info"></aside></div></div>' + MASK_FILTER
+        '<aside class="vinfo"><div id="v-info"></div><p class="vkeys"><kbd>←</kbd> <kbd>→</kbd> step · '
+        '<kbd title="the letter O">O</kbd> overlay · <kbd>G</kbd> GT · <kbd>E</kbd> errors vs GT · <kbd>C</kbd> next CAM · '
+        '<kbd>+</kbd> <kbd>-</kbd> zoom (or the wheel), drag to pan, <kbd>Z</kbd> fit · <kbd>A</kbd> <kbd>R</kbd> <kbd>F</kbd> mark · '
+        '<kbd>N</kbd> note · <kbd>Esc</kbd> close</p></aside></div></div>' + MASK_FILTER
     )
 
 
@@ -292,6 +329,10 @@ def page_data(ctx: PageContext) -> dict[str, Any]:
         "sort": {"key": ctx.sort_key, "desc": ctx.sort_desc},
         "thumb": THUMB,
         "low_confidence": LOW_CONFIDENCE,
+        "bins": rec.IGNORED_BINS,  # of the ignored and confidence histograms (the page filters by them)
+        "run_id": ctx.run_id,
+        "review": ctx.review,
+        "redos": ctx.redos,
         "images": ctx.shown,
     }
 

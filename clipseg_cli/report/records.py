@@ -139,6 +139,7 @@ def make_record(
         "has_gt": gt is not None,
         "photo": photo,
         "overlay": overlay,
+        "redo": entry.get("redo") if isinstance(entry.get("redo"), int) else None,
     }
 
 

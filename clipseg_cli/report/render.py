@@ -207,3 +207,46 @@ def encode_jpeg(img: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
 
 def blank_photo(size: tuple[int, int]) -> Image.Image:
     return Image.new("RGB", size, NO_PHOTO)
+
+
+HEAT_SIDE = 512  # long side of a CAM heat map at most, px (a CAM is smooth: the page scales it up)
+
+
+@functools.lru_cache(maxsize=1)
+def _jet_palette() -> list[int]:
+    """256 jet colours (blue, cyan, yellow, red), as OpenCV's COLORMAP_JET that --visualize uses."""
+    import cv2
+
+    lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(-1, 1), cv2.COLORMAP_JET)
+    return lut[:, 0, ::-1].reshape(-1).tolist()  # BGR -> RGB
+
+
+def heat_png(cam: np.ndarray, max_side: int = HEAT_SIDE) -> bytes:
+    """A CAM (H, W), values 0..1 (clipped), as an indexed PNG in the jet colours, scaled down
+    to ``max_side`` on its long side; the page lays it over the photo, stretched to its size."""
+    values = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    index = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    img = Image.fromarray(index, mode="L")
+    h, w = index.shape
+    if max(h, w) > max_side:
+        img = img.resize(thumb_size(w, h, max_side), Image.Resampling.BILINEAR)
+    out = Image.frombytes("P", img.size, img.tobytes())
+    out.putpalette(_jet_palette())
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+# The error map against GT, as eval draws it (evaluation.visualize.error_codes): correct pixels
+# clear, wrong red, predicted 255 (left out of the score) yellow, GT void grey.
+ERROR_RGBA = ((0, 0, 0, 0), (230, 30, 30, 235), (250, 200, 0, 215), (148, 163, 184, 150))
+
+
+def error_png(codes: np.ndarray) -> bytes:
+    """An indexed PNG with transparency of eval's error codes (0 correct, 1 wrong, 2 predicted
+    255 left out, 3 GT void), at the mask's size."""
+    img = Image.fromarray(np.ascontiguousarray(codes, dtype=np.uint8), mode="P")
+    img.putpalette([c for rgba in ERROR_RGBA for c in rgba[:3]])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=bytes(rgba[3] for rgba in ERROR_RGBA), compress_level=1)
+    return buf.getvalue()

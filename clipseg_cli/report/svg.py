@@ -91,9 +91,12 @@ def histogram(
         h = ph * c / top
         x = left + k * bw
         lo, hi = k * step, (k + 1) * step
+        # One <g class="bin" data-bin="k"> per bin, the whole column clickable (the page filters by it).
         parts.append(
+            f'<g class="bin" data-bin="{k}"><title>{_num(lo)}–{_num(hi)}{unit}: {c} image(s)</title>'
+            f'<rect x="{x:.2f}" y="{head}" width="{bw:.2f}" height="{ph}" fill="transparent"/>'
             f'<rect x="{x + 0.75:.2f}" y="{head + ph - h:.2f}" width="{max(bw - 1.5, 0.5):.2f}" height="{h:.2f}" '
-            f'fill="{colour}"><title>{_num(lo)}–{_num(hi)}{unit}: {c} image(s)</title></rect>'
+            f'fill="{colour}"/></g>'
         )
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = left + pw * frac

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from clipseg_cli.errors import ConfigError, ImageError
 from clipseg_cli.evaluation.confusion import LabelRangeError
 from clipseg_cli.evaluation.readers import read_label_map
+from clipseg_cli.evaluation.visualize import error_codes
 from clipseg_cli.io.atomic import write_bytes
 from clipseg_cli.report import render
 from clipseg_cli.report.records import LabelValueError, gt_stats, mask_stats
@@ -36,6 +37,9 @@ THUMBS_GT = "thumbs-gt"  # photo with the GT overlay, with --gt
 OVERLAYS = "overlays"  # full-size transparent overlays of masks not in the VOC palette
 OVERLAYS_GT = "overlays-gt"  # ... of the GT label maps
 PHOTOS = "photos"  # full-size JPEGs of photos in formats browsers do not show
+ERRORS = "overlays-err"  # with --gt: the error map against the GT (as eval draws it)
+HEAT = "heat"  # CAM heat maps from cams/*.npz: heat/<stem>.<kind><label>.png
+HEAT_KINDS = ("cam", "refined")  # the .npz arrays drawn: Grad-CAM, and after CAA
 
 PHOTO_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
 
@@ -53,10 +57,16 @@ class Task:
     cams: str | None = None  # the image's CAMs .npz, if it exists
     gt: str | None = None  # its GT label map, if any
     photo: str | None = None  # its photo, if it exists
+    heat: bool = False  # render the CAM heat maps of the cams file
 
 
 def out_path(report_dir: str, folder: str, stem: str, ext: str) -> Path:
     return Path(report_dir) / folder / f"{stem}{ext}"
+
+
+def heat_name(kind: str, label: int) -> str:
+    """The suffix of one heat map file: ``heat/<stem>.<kind><label>.png``."""
+    return f".{kind}{label}.png"
 
 
 def photo_mode(photo: str | None) -> str | None:
@@ -107,6 +117,28 @@ def read_mask(path: str, n_labels: int) -> tuple[np.ndarray, bool]:
     return values, voc
 
 
+def render_heat(task: Task) -> dict[str, Any]:
+    """The CAM heat maps of one image's cams file, one PNG per label and kind (Grad-CAM,
+    after CAA); returns ``{"labels": [mask values], "kinds": [...]}`` (empty lists when the
+    file has no CAM arrays, e.g. an older run that saved the confidence only)."""
+    assert task.cams is not None
+    try:
+        with np.load(task.cams, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in ("labels", *HEAT_KINDS) if k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise ConfigError(f"cannot read CAMs {task.cams}: {exc}") from None
+    labels = [1 + int(v) for v in np.asarray(arrays.get("labels", []), dtype=np.int64).reshape(-1)]
+    kinds = []
+    for kind in HEAT_KINDS:
+        maps = arrays.get(kind)
+        if maps is None or maps.ndim != 3 or maps.shape[0] != len(labels):
+            continue
+        kinds.append(kind)
+        for label, cam in zip(labels, maps):
+            write_bytes(out_path(task.report_dir, HEAT, task.stem, heat_name(kind, label)), render.heat_png(cam))
+    return {"labels": labels if kinds else [], "kinds": kinds}
+
+
 def _thumb_photo(task: Task, size: tuple[int, int]) -> tuple[Image.Image, str | None, str | None]:
     """The photo at thumbnail size, how the full-size view shows it, and a warning."""
     mode = photo_mode(task.photo)
@@ -140,11 +172,15 @@ def render_pictures(task: Task, mask: np.ndarray, voc: bool, gt: np.ndarray | No
     return {"photo": mode, "overlay": "mask" if voc else "png", "warning": warning}
 
 
-def render_gt_pictures(task: Task, gt: np.ndarray, photo: Image.Image) -> None:
-    """The GT thumbnail (photo with the GT overlay) and the full-size GT overlay."""
+def render_gt_pictures(task: Task, gt: np.ndarray, mask: np.ndarray, photo: Image.Image) -> None:
+    """The GT thumbnail (photo with the GT overlay), the full-size GT overlay and the error
+    map of the mask against the GT (eval's colours)."""
+    if gt.shape != mask.shape:
+        raise ConfigError(f"{task.stem}: GT {gt.shape[1]}x{gt.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} differ in size ({task.gt})")
     gt_thumb = render.overlay_image(photo, render.resize_mask(gt, photo.size))
     write_bytes(out_path(task.report_dir, THUMBS_GT, task.stem, ".jpg"), render.encode_jpeg(gt_thumb))
     write_bytes(out_path(task.report_dir, OVERLAYS_GT, task.stem, ".png"), render.overlay_png(gt))
+    write_bytes(out_path(task.report_dir, ERRORS, task.stem, ".png"), render.error_png(error_codes(gt, mask)))
 
 
 def run_task(task: Task) -> dict[str, Any]:
@@ -175,8 +211,10 @@ def run_task(task: Task) -> dict[str, Any]:
                 result["pictures"] = render_pictures(task, mask, voc, gt, photo, mode)
                 result["pictures"]["warning"] = warning or result["pictures"]["warning"]
             if task.gt_pictures and gt is not None:
-                render_gt_pictures(task, gt, photo)
+                render_gt_pictures(task, gt, mask, photo)
                 result["gt_pictures"] = True
+        if task.heat and task.cams is not None:
+            result["heat"] = render_heat(task)
     except ConfigError as exc:
         result["error"] = str(exc)
     except OSError as exc:  # writing a picture failed (disk full, permissions)
