@@ -344,8 +344,8 @@ def embed_json(obj: Any) -> str:
 
 def render_page(ctx: PageContext) -> str:
     return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f'<meta name="generator" content="wsss-label {escape(__version__)} report">'
         f"<title>{escape(ctx.title)}</title><style>{CSS}</style></head><body>"
         f'<header class="top"><h1>Pseudo-mask review · <code>{escape(ctx.out_name)}</code></h1>'
