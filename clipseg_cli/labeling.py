@@ -270,6 +270,9 @@ class LabelJob:
     save_cams: bool = False
     visualize: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
+    # A redo of marked images (clipseg_cli.relabel): its run.json record; the entries it makes carry "redo": n.
+    redo: dict[str, Any] | None = None
+    _redos: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)  # run.json's earlier redo records
 
     def process(self, item: WorkItem) -> LabelResult:
         """Label one image and write its files (mask last)."""
@@ -313,6 +316,7 @@ class LabelJob:
         """
         remove_stale_parts(self.layout.root)
         previous = _previous_entries(self.layout.run_file)
+        self._redos = [] if plan.fresh else _previous_redos(self.layout.run_file)
         entries = {item.rel: previous.get(item.rel) or image_entry(item, None) for item in plan.done}
         run_failed: dict[str, str] = {}
         processed = 0
@@ -328,6 +332,8 @@ class LabelJob:
             if outcome.error is None:
                 processed += 1
                 entries[item.rel] = image_entry(item, outcome.seconds, outcome.figures)
+                if self.redo is not None:
+                    entries[item.rel]["redo"] = self.redo["n"]
             else:
                 run_failed[item.rel] = outcome.error
             if on_outcome:
@@ -376,12 +382,30 @@ class LabelJob:
             "images": images,
             "skipped": plan.skipped,
             "failed": failed,
+            **self._redo_records(images),
         }
+
+    def _redo_records(self, images: list[dict[str, Any]]) -> dict[str, Any]:
+        """``{"redos": [...]}``: the redo records some entry still refers to, with their image
+        counts (none: no key, as run.json had before redos existed)."""
+        counts: dict[int, int] = {}
+        for entry in images:
+            if isinstance(entry.get("redo"), int):
+                counts[entry["redo"]] = counts.get(entry["redo"], 0) + 1
+        records = [*self._redos, *([self.redo] if self.redo is not None else [])]
+        kept = [{**r, "images": counts[r["n"]]} for r in records if r.get("n") in counts]
+        return {"redos": kept} if kept else {}
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else "no detail"
+
+
+def _previous_redos(path: Path) -> list[dict[str, Any]]:
+    record = read_record(path)
+    redos = record.get("redos") if record is not None else None
+    return [r for r in redos if isinstance(r, dict) and isinstance(r.get("n"), int)] if isinstance(redos, list) else []
 
 
 def _previous_entries(path: Path) -> dict[str, dict[str, Any]]:

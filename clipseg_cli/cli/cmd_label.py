@@ -9,7 +9,7 @@ import typer
 
 from clipseg_cli.auto_labels import DEFAULT_LABEL_THRESHOLD
 from clipseg_cli.cli import conventions as cv
-from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.cli.console import console, handle_errors, warn
 from clipseg_cli.cli.progress import Progress, echo, failure_line
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
@@ -18,12 +18,14 @@ if TYPE_CHECKING:
     from clipseg_cli.data.classes import ClassSet
     from clipseg_cli.data.labels import LabelIndex
     from clipseg_cli.labeling import Engine, LabelJob, Outcome, OutputLayout, Plan
+    from clipseg_cli.relabel import Redo
 
 AUTO = "auto"  # --labels auto
 BACKENDS = ("local", "ray")
 Backend = Literal["local", "ray"]
 Synonyms = Literal["sentence", "feature", "cam"]  # cam.pipeline.SYNONYM_MODES
 CrfBackend = Literal["auto", "pydensecrf", "torch"]  # postprocess.crf.CRF_BACKEND_CHOICES
+RedoMark = Literal["rejected", "fix"]  # relabel.REDO_MARKS
 
 
 def _check_settings(templates: list[str], lam: float, mu: float, max_side: int, synonyms: str) -> None:
@@ -114,6 +116,11 @@ def label(
         metavar="FILE",
         help="Only the images listed in FILE, one per line, relative to IMAGES, extension optional (e.g. VOC's ImageSets/Segmentation/train.txt).",
     ),
+    redo: Optional[RedoMark] = typer.Option(
+        None, "--redo",
+        help="Relabel only the images the review marks so (into the same --out, other settings allowed; the other masks are kept).",
+    ),
+    review: Optional[Path] = cv.review_option("With --redo: the review file (default: OUT/review.json, written by `wsss-label report OUT`)."),
 ) -> None:
     """Make CLIP-ES pseudo masks for a folder of images with image-level labels."""
     raise typer.Exit(
@@ -140,6 +147,8 @@ def label(
             ray_address,
             report,
             crf_backend,
+            redo,
+            review,
             label_threshold=label_threshold,
             image_list=image_list,
         )
@@ -152,7 +161,7 @@ def _run(
     weights: Optional[Path], template: list[str], background: Optional[str], lam: Optional[float], mu: float,
     synonyms: str, crf: bool, save_cams: bool, visualize: bool, device: str, max_side: int, overwrite: bool,
     workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None, report: bool = False,
-    crf_backend: str = "auto",
+    crf_backend: str = "auto", redo: Optional[str] = None, review: Optional[Path] = None,
     label_threshold: Optional[float] = None, image_list: Optional[Path] = None,
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
@@ -179,6 +188,7 @@ def _run(
     lam = class_set.lam if lam is None else lam
     _check_settings(template, lam, mu, max_side, synonyms)
     _check_scale(workers, backend, ray_address)
+    _check_redo(redo, review, overwrite)
     if backend == "ray":
         from clipseg_cli.scale.ray_backend import import_ray
 
@@ -237,7 +247,9 @@ def _run(
     plan = make_plan(images, index, class_set, layout, overwrite, need_cams=save_cams, only=only)
     if auto:
         _auto_plan_reasons(plan, auto_entries, auto_failed, threshold)
-    relabelled = check_rerun(layout, plan, run_settings)  # before the model: a conflict costs nothing
+    # Before the model: a conflict costs nothing.
+    redo_plan = _plan_redo(layout, plan, run_settings, redo, review) if redo else None
+    relabelled = check_rerun(layout, plan, run_settings) if redo_plan is None else []
     if backend == "local" and plan.todo and predictor is None:  # nothing left to do: no model to load
         predictor = CLIPESPredictor(load_resolved_clip(resolved, torch_device), class_set, settings)
     job = LabelJob(
@@ -246,9 +258,10 @@ def _run(
         predictor=predictor,
         save_cams=save_cams,
         visualize=visualize,
-        settings=run_settings,
+        settings=run_settings if redo_plan is None else redo_plan.base_settings,
+        redo=None if redo_plan is None else redo_plan.record,
     )
-    if plan.done:
+    if plan.done and redo_plan is None:
         console.print(f"resuming: {len(plan.done)} image(s) already have masks (use --overwrite to redo them)")
     if relabelled:
         console.print(f"{len(relabelled)} finished image(s) have other labels now and are redone (e.g. {relabelled[0].rel})")
@@ -359,6 +372,37 @@ def _auto_plan_reasons(plan: Plan, entries: dict[str, dict], failed: dict[str, s
         else:
             skipped.append(entry)
     plan.skipped = skipped
+
+
+def _check_redo(redo: Optional[str], review: Optional[Path], overwrite: bool) -> None:
+    if review is not None and redo is None:
+        raise ConfigError("--review needs --redo rejected|fix (which marked images to relabel)")
+    if redo is not None and overwrite:
+        raise ConfigError("--redo relabels the marked images only; --overwrite redoes every image: give one of them")
+
+
+def _plan_redo(layout: OutputLayout, plan: Plan, settings: dict, redo: str, review: Optional[Path]) -> Redo:
+    """The redo of the images the review marks ``redo``, said in a line or two."""
+    from clipseg_cli.relabel import plan_redo
+    from clipseg_cli.review import find_review
+    from clipseg_cli.run_settings import describe, differences
+    from clipseg_cli.labeling import LABEL_DECISIVE
+
+    path = find_review(layout.root / "masks", review)
+    if path is None:
+        raise ConfigError(f"--redo {redo}: no review file: give --review FILE or mark images in `wsss-label report {layout.root}`")
+    if review is None:
+        console.print(f"review: {path} (marks of `wsss-label report`)")
+    made = plan_redo(layout, plan, settings, redo, path)
+    changed = differences(made.base_settings, settings, LABEL_DECISIVE)
+    console.print(
+        f"redo: {len(made.targets)} image(s) marked {redo} are relabelled"
+        + (f" with {describe(changed)}" if changed else " with the run's settings")
+        + f"; {len(plan.done)} other mask(s) kept"
+    )
+    if made.not_found:
+        warn(f"{len(made.not_found)} image(s) marked {redo} are not labelled images of this run (e.g. {made.not_found[0]}): not relabelled")
+    return made
 
 
 def _relative_to(images: Path, out: Path) -> str | None:

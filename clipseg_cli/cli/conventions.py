@@ -282,6 +282,11 @@ def data_workers_option() -> Any:
     return typer.Option(-1, "--workers", help="Data-loading processes (-1: 0 on CPU, up to 4 on CUDA).")
 
 
+def review_option(help: str) -> Any:
+    """``--review FILE``: a review.json of the gallery (``wsss-label report``)."""
+    return typer.Option(None, "--review", metavar="FILE", help=help)
+
+
 def seed_option(help: str = "Seed of initialisation, sample order and augmentation.") -> Any:
     return typer.Option(0, "--seed", help=help)
 
