@@ -2,6 +2,7 @@
 
     python benchmarks/report_build.py                 # 1,000 and 10,000 images
     python benchmarks/report_build.py --sizes 2000 --workers 2 --width 500 --height 375
+    python benchmarks/report_build.py --sizes 1000 --cams   # .npz with CAM arrays: heat maps too
 
 For each size it makes a fake run folder (photos, masks with classes and ignored bands,
 cams/*.npz holding ``labels`` and a float16 ``confidence`` map, run.json) and times:
@@ -46,8 +47,9 @@ CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat"
            "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]  # fmt: skip
 
 
-def synthetic_image(rng: np.random.Generator, w: int, h: int) -> tuple[bytes, bytes, bytes, list[str]]:
-    """(photo JPEG, mask PNG, cams npz, labels) of one fake image."""
+def synthetic_image(rng: np.random.Generator, w: int, h: int, cams: bool = False) -> tuple[bytes, bytes, bytes, list[str]]:
+    """(photo JPEG, mask PNG, cams npz, labels) of one fake image; ``cams``: the npz also holds
+    ``cam`` and ``refined`` (K, H, W) float32 as --save-cams writes them (the report draws heat maps)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = rng.integers(0, 255, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
     photo = np.asarray(Image.fromarray(base).resize((w, h), Image.Resampling.BILINEAR))
@@ -68,19 +70,23 @@ def synthetic_image(rng: np.random.Generator, w: int, h: int) -> tuple[bytes, by
     buf = io.BytesIO()
     Image.fromarray(photo).save(buf, format="JPEG", quality=90)
     npz = io.BytesIO()
-    np.savez_compressed(npz, labels=np.array([CLASSES.index(n) for n in labels], dtype=np.int64),
-                        confidence=conf.astype(np.float16))  # fmt: skip
+    arrays = {"labels": np.array([CLASSES.index(n) for n in labels], dtype=np.int64), "confidence": conf.astype(np.float16)}
+    if cams:
+        maps = np.stack([np.exp(-(((xx - w * rng.uniform(0.2, 0.8)) / w) ** 2 + ((yy - h / 2) / h) ** 2) * 8) for _ in labels])
+        arrays["cam"] = maps.astype(np.float32)
+        arrays["refined"] = (maps**2).astype(np.float32)
+    np.savez_compressed(npz, **arrays)
     return buf.getvalue(), encode_mask_png(mask), npz.getvalue(), labels
 
 
-def make_run(folder: Path, n: int, w: int, h: int) -> Path:
+def make_run(folder: Path, n: int, w: int, h: int, cams: bool = False) -> Path:
     """A fake run folder with n images (reused if it is complete)."""
     out = folder / "out"
     if (out / "run.json").is_file() and len(json.loads((out / "run.json").read_text())["images"]) == n:
         return out
     shutil.rmtree(folder, ignore_errors=True)
     rng = np.random.default_rng(0)
-    variants = [synthetic_image(rng, w, h) for _ in range(VARIANTS)]
+    variants = [synthetic_image(rng, w, h, cams) for _ in range(VARIANTS)]
     images, masks, cams = folder / "images", out / "masks", out / "cams"
     entries = []
     for i in range(n):
@@ -121,13 +127,14 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=300)
     ap.add_argument("--workers", type=int, default=None, help="pool processes (default: CPU cores)")
     ap.add_argument("--root", type=Path, default=Path("/tmp/wsss-report-bench"))
+    ap.add_argument("--cams", action="store_true", help="the .npz files hold CAM arrays too: heat maps are rendered")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"{cores} CPU core(s), load average {load}, workers={args.workers or cores}, images {args.width}x{args.height}")
     for n in (int(s) for s in args.sizes.split(",")):
         t = time.perf_counter()
-        out = make_run(args.root / f"run-{n}", n, args.width, args.height)
+        out = make_run(args.root / f"run-{n}{'-cams' if args.cams else ''}", n, args.width, args.height, args.cams)
         print(f"{n:,} images (fake run ready in {time.perf_counter() - t:.1f} s): {out}")
         shutil.rmtree(out / "report", ignore_errors=True)
         run = functools.partial(build, out, workers=args.workers)

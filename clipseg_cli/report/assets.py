@@ -102,6 +102,11 @@ td.lab .fg{font-size:12px;color:var(--muted);margin-top:3px}
 .vbar strong{font-size:14px;word-break:break-all}
 .vbar label{display:flex;gap:5px;align-items:center;color:#cbd5e1}
 .vbar .sp{flex:1}
+.vbar{flex-wrap:wrap;row-gap:6px}
+.vbar>*{flex:none;white-space:nowrap}
+.vbar strong{flex:0 1 auto;min-width:0;white-space:normal;word-break:normal;overflow-wrap:anywhere}
+.vbar .sp{flex:1 1 0}
+.vbar>span:not(.sp){display:inline-flex;gap:4px;align-items:center}
 .vbar a{color:#a5b4fc}
 .vbody{flex:1;display:flex;min-height:0}
 .stage{flex:1;display:flex;align-items:center;justify-content:center;min-width:0;padding:14px}

@@ -150,8 +150,8 @@ def _review_box(ctx: PageContext) -> str:
         '<input type="file" id="import-file" class="vh" accept=".json,application/json"></label>'
         '<span id="review-status"></span></div>'
         '<p class="muted">mark with <kbd>A</kbd> accept, <kbd>R</kbd> reject, <kbd>F</kbd> fix (again: clear), '
-        'here on the row of <kbd>J</kbd> / <kbd>K</kbd> or in the full-size view. Rejected images are left out of '
-        '<code>retrain --review</code>; <code>wsss-label ... --redo rejected</code> relabels them.</p></figure>'
+        'here on the row of <kbd>J</kbd> / <kbd>K</kbd> or in the full-size view. The marks go to '
+        '<code>OUT/review.json</code>; <code>wsss-label IMAGES ... --redo rejected</code> relabels the rejected images.</p></figure>'
     )
 
 
