@@ -99,6 +99,24 @@ def make_image(path: Path, size: tuple[int, int] = (70, 90), seed: int = 0, mode
     return path
 
 
+def interrupt_labelling_at(monkeypatch: pytest.MonkeyPatch, stop: int) -> list[str]:
+    """Make a label run see Ctrl-C when it starts its ``stop``-th image (1-based); returns the
+    images it started, in order."""
+    from clipseg_cli.labeling import LabelJob
+
+    original = LabelJob.attempt
+    seen: list[str] = []
+
+    def attempt(self, item):  # type: ignore[no-untyped-def]  # noqa: ANN001
+        seen.append(item.rel)
+        if len(seen) == stop:
+            raise KeyboardInterrupt
+        return original(self, item)
+
+    monkeypatch.setattr(LabelJob, "attempt", attempt)
+    return seen
+
+
 def interrupt_training_at(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
     """Make retrain/refine training see Ctrl-C right after iteration ``stop`` is reported."""
     from clipseg_cli.cli.training_bar import TrainingReporter

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clipseg_cli.io.masks import load_label_map, save_mask
-from tests.conftest import make_image, write_labels
+from tests.conftest import interrupt_labelling_at, make_image, write_labels
 
 
 @pytest.fixture
@@ -116,24 +116,13 @@ def test_an_image_whose_labels_changed_is_redone(label, tmp_path: Path) -> None:
 
 
 def test_an_interrupted_overwrite_resumes_without_the_old_masks(label, monkeypatch, tmp_path: Path) -> None:
-    from clipseg_cli.labeling import LabelJob
-
     result, out, _ = label()  # settings A (mu 0.95)
-    original = LabelJob.attempt
-    seen: list[str] = []
-
-    def attempt(self, item):  # type: ignore[no-untyped-def]  # noqa: ANN001
-        seen.append(item.rel)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-        return original(self, item)
-
-    monkeypatch.setattr(LabelJob, "attempt", attempt)
+    seen = interrupt_labelling_at(monkeypatch, 2)
     result, _, interrupted = label("--mu", "0.3", "--overwrite")  # settings B, stopped after one image
     assert result.exit_code == 130
     assert interrupted["settings"]["mu"] == 0.3 and interrupted["interrupted"] is True
     assert not (out / "masks" / seen[1]).exists()  # A's mask did not survive
-    monkeypatch.setattr(LabelJob, "attempt", original)
+    monkeypatch.undo()
 
     result, _, resumed = label("--mu", "0.3")
     assert result.exit_code == 0, result.output

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clipseg_cli.labeling import LabelJob
-from tests.conftest import make_image, write_labels
+from tests.conftest import interrupt_labelling_at, make_image, write_labels
 
 NEW_TEMPLATE = "a photo of a {}."
 
@@ -146,16 +145,7 @@ def test_an_interrupted_redo_leaves_no_mask_its_record_does_not_explain(label, m
     result, out, base = label()
     assert result.exit_code == 0
     _review(out / "review.json", {"a.png": "rejected", "b.png": "rejected"})
-    calls: list[str] = []
-    process = LabelJob.process
-
-    def stop_at_second(self, item):  # type: ignore[no-untyped-def]  # noqa: ANN001
-        calls.append(item.rel)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return process(self, item)
-
-    monkeypatch.setattr(LabelJob, "process", stop_at_second)
+    calls = interrupt_labelling_at(monkeypatch, 2)
     result, _, run = label("--redo", "rejected", "--template", NEW_TEMPLATE)
     assert result.exit_code == 130
     entries = {e["image"]: e for e in run["images"]}
@@ -164,7 +154,7 @@ def test_an_interrupted_redo_leaves_no_mask_its_record_does_not_explain(label, m
     # b was not redone: neither its old mask (other settings than the record would say) nor an entry.
     assert "b.png" not in entries and not (out / "masks" / "b.png").exists()
     assert run["redos"][0]["images"] == 1 and run["state"] == "interrupted"
-    monkeypatch.setattr(LabelJob, "process", process)
+    monkeypatch.undo()
     result, _, run = label("--redo", "rejected", "--template", NEW_TEMPLATE)  # the same redo finishes it
     assert result.exit_code == 0, result.output
     assert {e["image"]: e.get("redo") for e in run["images"]} == {"a.png": 2, "b.png": 2, "c.png": None}
