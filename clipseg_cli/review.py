@@ -97,15 +97,15 @@ def parse_review(data: Any, where: str = REVIEW_FILE, known: Iterable[str] | Non
     if not isinstance(data, Mapping):
         raise ReviewError(f"{where} is not a review file (a JSON object is expected)")
     if data.get("kind") != "review":
-        raise ReviewError(f"{where} is not a review file of wsss-label (no \"kind\": \"review\")")
+        raise ReviewError(f'{where} is not a review file of wsss-label (no "kind": "review")')
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ReviewError(f"{where}: \"version\" must be a positive integer")
+        raise ReviewError(f'{where}: "version" must be a positive integer')
     if version > VERSION:
         raise ReviewError(f"{where} is review format version {version}; this wsss-label reads version {VERSION}")
     marks = data.get("marks")
     if not isinstance(marks, Mapping):
-        raise ReviewError(f"{where}: \"marks\" must be an object of image path -> mark")
+        raise ReviewError(f'{where}: "marks" must be an object of image path -> mark')
     known_set = set(known) if known is not None else None
     out: dict[str, Mark] = {}
     unknown: list[str] = []
@@ -113,12 +113,12 @@ def parse_review(data: Any, where: str = REVIEW_FILE, known: Iterable[str] | Non
         if not isinstance(image, str) or _bad_image_path(image):
             raise ReviewError(f"{where}: image path {str(image)[:80]!r} is not a path inside the image folder")
         if not isinstance(value, Mapping) or value.get("mark") not in MARKS:
-            raise ReviewError(f"{where}: image {image}: \"mark\" must be one of {', '.join(MARKS)}")
+            raise ReviewError(f'{where}: image {image}: "mark" must be one of {", ".join(MARKS)}')
         note, at = value.get("note", ""), value.get("at", "")
         if not isinstance(note, str) or len(note) > MAX_NOTE:
-            raise ReviewError(f"{where}: image {image}: \"note\" must be text of at most {MAX_NOTE} characters")
+            raise ReviewError(f'{where}: image {image}: "note" must be text of at most {MAX_NOTE} characters')
         if not isinstance(at, str) or len(at) > 64:
-            raise ReviewError(f"{where}: image {image}: \"at\" must be an ISO time")
+            raise ReviewError(f'{where}: image {image}: "at" must be an ISO time')
         if known_set is not None and image not in known_set:
             unknown.append(image)
             continue

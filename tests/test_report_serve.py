@@ -168,7 +168,10 @@ def test_parse_review_checks_the_schema() -> None:
         ({"kind": "review", "version": 1, "marks": []}, "must be an object"),
         ({"kind": "review", "version": 1, "marks": {"/etc/passwd": {"mark": "fix"}}}, "not a path inside"),
         ({"kind": "review", "version": 1, "marks": {"a/one.jpg": {"mark": "fix", "note": 3}}}, "note"),
-        ({"kind": "review", "version": 1, "marks": {"x.jpg": {"mark": "fix"}, "y.jpg": {"mark": "fix"}}}, "2 marked image(s) are not images of the run"),
+        (
+            {"kind": "review", "version": 1, "marks": {"x.jpg": {"mark": "fix"}, "y.jpg": {"mark": "fix"}}},
+            "2 marked image(s) are not images of the run",
+        ),
     ]
     for data, message in bad:
         with pytest.raises(ReviewError, match=re.escape(message)):

@@ -117,10 +117,13 @@ def label(
         help="Only the images listed in FILE, one per line, relative to IMAGES, extension optional (e.g. VOC's ImageSets/Segmentation/train.txt).",
     ),
     redo: Optional[RedoMark] = typer.Option(
-        None, "--redo",
+        None,
+        "--redo",
         help="Relabel only the images the review marks so (into the same --out, other settings allowed; the other masks are kept).",
     ),
-    review: Optional[Path] = cv.review_option("With --redo: the review file (default: OUT/review.json, written by `wsss-label report OUT`)."),
+    review: Optional[Path] = cv.review_option(
+        "With --redo: the review file (default: OUT/review.json, written by `wsss-label report OUT`)."
+    ),
 ) -> None:
     """Make CLIP-ES pseudo masks for a folder of images with image-level labels."""
     raise typer.Exit(
@@ -383,10 +386,10 @@ def _check_redo(redo: Optional[str], review: Optional[Path], overwrite: bool) ->
 
 def _plan_redo(layout: OutputLayout, plan: Plan, settings: dict, redo: str, review: Optional[Path]) -> Redo:
     """The redo of the images the review marks ``redo``, said in a line or two."""
+    from clipseg_cli.labeling import LABEL_DECISIVE
     from clipseg_cli.relabel import plan_redo
     from clipseg_cli.review import find_review
     from clipseg_cli.run_settings import describe, differences
-    from clipseg_cli.labeling import LABEL_DECISIVE
 
     path = find_review(layout.root / "masks", review)
     if path is None:

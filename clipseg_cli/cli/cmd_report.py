@@ -48,7 +48,8 @@ def report(
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering thumbnails (default: one per CPU core)."),
     serve: bool = typer.Option(
-        False, "--serve",
+        False,
+        "--serve",
         help="Then serve the gallery on 127.0.0.1 (a token in the URL) and save marks to OUT/review.json as you go; Ctrl-C stops.",
     ),
     port: int = typer.Option(0, "--port", help="With --serve: the port (default 0: a free one)."),

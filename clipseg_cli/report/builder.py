@@ -298,8 +298,7 @@ def build(
             ):
                 out.add(part)
             elif part == "heat" and not all(
-                os.path.isfile(work.out_path(root, work.HEAT, it.stem, work.heat_name(kind, label)))
-                for kind, label in _heat_files(value)
+                os.path.isfile(work.out_path(root, work.HEAT, it.stem, work.heat_name(kind, label))) for kind, label in _heat_files(value)
             ):
                 out.add(part)
         return out

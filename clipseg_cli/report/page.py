@@ -130,7 +130,9 @@ def _charts(ctx: PageContext) -> str:
     conf = rec.confidence_histogram(ctx.records)
     if conf is not None:
         chart = svg.histogram(conf, "mean confidence per image", unit_max=1.0, unit="", colour="#0ea5e9", css_class="conf-hist")
-        parts.append(f'<figure id="confidence-hist"><figcaption>mean CRF confidence per image · click to filter</figcaption>{chart}</figure>')
+        parts.append(
+            f'<figure id="confidence-hist"><figcaption>mean CRF confidence per image · click to filter</figcaption>{chart}</figure>'
+        )
     parts.append(_gt_table(ctx))
     return '<div class="charts">' + "".join(parts) + "</div>"
 
@@ -150,8 +152,8 @@ def _review_box(ctx: PageContext) -> str:
         '<input type="file" id="import-file" class="vh" accept=".json,application/json"></label>'
         '<span id="review-status"></span></div>'
         '<p class="muted">mark with <kbd>A</kbd> accept, <kbd>R</kbd> reject, <kbd>F</kbd> fix (again: clear), '
-        'here on the row of <kbd>J</kbd> / <kbd>K</kbd> or in the full-size view. The marks go to '
-        '<code>OUT/review.json</code>; <code>wsss-label IMAGES ... --redo rejected</code> relabels the rejected images.</p></figure>'
+        "here on the row of <kbd>J</kbd> / <kbd>K</kbd> or in the full-size view. The marks go to "
+        "<code>OUT/review.json</code>; <code>wsss-label IMAGES ... --redo rejected</code> relabels the rejected images.</p></figure>"
     )
 
 
@@ -235,7 +237,7 @@ def _toolbar(ctx: PageContext) -> str:
         '<button id="sort-dir" type="button">worst first</button>'
         f'<span id="count" data-count="{len(ctx.shown)}">{len(ctx.shown)} images</span><span id="active"></span>'
         '<span class="keys"><kbd>J</kbd> <kbd>K</kbd> move · <kbd>Enter</kbd> enlarge · '
-        '<kbd>A</kbd> <kbd>R</kbd> <kbd>F</kbd> mark</span></nav>'
+        "<kbd>A</kbd> <kbd>R</kbd> <kbd>F</kbd> mark</span></nav>"
     )
 
 
@@ -312,8 +314,8 @@ def _viewer(ctx: PageContext) -> str:
         '<img id="v-photo" class="photo" alt=""><img id="v-ov" class="ov" alt="overlay"></div></div>'
         '<aside class="vinfo"><div id="v-info"></div><p class="vkeys"><kbd>←</kbd> <kbd>→</kbd> step · '
         '<kbd title="the letter O">O</kbd> overlay · <kbd>G</kbd> GT · <kbd>E</kbd> errors vs GT · <kbd>C</kbd> next CAM · '
-        '<kbd>+</kbd> <kbd>-</kbd> zoom (or the wheel), drag to pan, <kbd>Z</kbd> fit · <kbd>A</kbd> <kbd>R</kbd> <kbd>F</kbd> mark · '
-        '<kbd>N</kbd> note · <kbd>Esc</kbd> close</p></aside></div></div>' + MASK_FILTER
+        "<kbd>+</kbd> <kbd>-</kbd> zoom (or the wheel), drag to pan, <kbd>Z</kbd> fit · <kbd>A</kbd> <kbd>R</kbd> <kbd>F</kbd> mark · "
+        "<kbd>N</kbd> note · <kbd>Esc</kbd> close</p></aside></div></div>" + MASK_FILTER
     )
 
 
@@ -344,7 +346,7 @@ def embed_json(obj: Any) -> str:
 
 def render_page(ctx: PageContext) -> str:
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f'<meta name="generator" content="wsss-label {escape(__version__)} report">'
         f"<title>{escape(ctx.title)}</title><style>{CSS}</style></head><body>"

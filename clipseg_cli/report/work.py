@@ -176,7 +176,9 @@ def render_gt_pictures(task: Task, gt: np.ndarray, mask: np.ndarray, photo: Imag
     """The GT thumbnail (photo with the GT overlay), the full-size GT overlay and the error
     map of the mask against the GT (eval's colours)."""
     if gt.shape != mask.shape:
-        raise ConfigError(f"{task.stem}: GT {gt.shape[1]}x{gt.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} differ in size ({task.gt})")
+        raise ConfigError(
+            f"{task.stem}: GT {gt.shape[1]}x{gt.shape[0]} and mask {mask.shape[1]}x{mask.shape[0]} differ in size ({task.gt})"
+        )
     gt_thumb = render.overlay_image(photo, render.resize_mask(gt, photo.size))
     write_bytes(out_path(task.report_dir, THUMBS_GT, task.stem, ".jpg"), render.encode_jpeg(gt_thumb))
     write_bytes(out_path(task.report_dir, OVERLAYS_GT, task.stem, ".png"), render.overlay_png(gt))
