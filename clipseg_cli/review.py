@@ -160,12 +160,14 @@ def beside_masks(masks: str | os.PathLike[str]) -> Path:
     return Path(masks).resolve().parent / REVIEW_FILE
 
 
-def find_review(masks: str | os.PathLike[str], given: str | os.PathLike[str] | None) -> Path | None:
+def find_review(masks: str | os.PathLike[str] | None, given: str | os.PathLike[str] | None) -> Path | None:
     """The review file a command uses: ``given`` (must exist), else ``MASKS/../review.json``
-    when it exists, else None."""
+    when it exists (``masks``: the folder of the mask files; None: no default), else None."""
     if given is not None:
         if not Path(given).is_file():
             raise ReviewError(f"--review {given}: no such file")
         return Path(given)
+    if masks is None:
+        return None
     default = beside_masks(masks)
     return default if default.is_file() else None

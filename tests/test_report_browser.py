@@ -458,3 +458,40 @@ def test_served_gallery_saves_marks_as_you_go(tmp_path: Path, driver) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_marks_from_the_browser_leave_images_out_of_retrain(tmp_path: Path, driver, cli) -> None:
+    """The issue's round trip: mark three images rejected in the page, reload, export review.json,
+    and a retrain (a few iterations of the smallest network) with that review trains without them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from clipseg_cli.review import load_review
+
+    out, specs = _gallery(tmp_path)
+    index = build(out, workers=1).index
+    body = _ready(driver, index.resolve().as_uri())
+    for _ in range(3):  # rows 1, 2, 3 in the page's order (worst confidence first)
+        body.send_keys("j")
+        body.send_keys("r")
+    by_conf = sorted(specs, key=lambda r: specs[r]["confidence"][0, 0])
+    want = {name: "rejected" for name in by_conf[:3]}
+    assert _marks(driver) == want
+    _ready(driver, index.resolve().as_uri())  # reload: the marks are still there
+    assert _marks(driver) == want
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.find_element(By.ID, "export").click()
+    WebDriverWait(driver, 10).until(lambda d: (downloads / "review.json").is_file())
+    exported = downloads / "review.json"
+    assert load_review(exported, known=specs).images("rejected") == sorted(want)
+
+    result = cli("retrain", tmp_path / "images", out / "masks", "--classes", "cat,dog,person", "--arch", "deeplabv2-resnet18",
+                 "--crop", "32", "--scales", "1", "--iters", "2", "--batch-size", "2", "--device", "cpu",
+                 "--review", exported, "--out", tmp_path / "retrain")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "retrain" / "run.json").read_text())
+    assert summary["pairs"] == len(specs) - 3
+    assert summary["review"]["file"] == str(exported.resolve()) and summary["review"]["left_out"] == 3
+    assert summary["review"]["left_out_images"] == sorted(name.rsplit(".", 1)[0] for name in want)

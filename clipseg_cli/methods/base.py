@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 FAMILY_COMMANDS = {"segmenter": "retrain", "refiner": "refine train", "cam": "train-cam"}
 WEIGHTS_HELP = "CLIP checkpoint (default: $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt, downloaded if absent)."
 
+T = TypeVar("T")
 ClipLoader = Callable[["Path | None", torch.device], "tuple[CLIP, ResolvedWeights]"]
 
 
@@ -164,6 +165,35 @@ class LearnedMethod(TrainingHooks):
             raise ConfigError(f"no image in {self.cfg.images} has labels")
         return labels
 
+    def apply_review(self, items: Sequence[T], key: Callable[[T], str], masks: Path | None = None) -> list[T]:
+        """``items`` without the images a review marks rejected (``key``: an item's image path
+        without extension). The review is ``--review``, else ``MASKS/../review.json`` when it
+        exists (``masks``: the run's MASKS or SEEDS; None for methods trained on labels only).
+        What it decided goes to run.json's ``review``; ConfigError when it leaves nothing."""
+        from clipseg_cli.review import find_review, load_review
+        from clipseg_cli.segmentation.dataset import resolve_masks_dir
+
+        given = getattr(self.cfg, "review", None)
+        path = find_review(resolve_masks_dir(masks) if masks is not None else None, given)
+        if path is None:
+            self.review = None
+            return list(items)
+        rejected = load_review(path).stems("rejected")
+        kept = [item for item in items if key(item) not in rejected]
+        left_out = sorted(key(item) for item in items if key(item) in rejected)
+        self.review = {
+            "file": str(Path(path).resolve()),
+            "found": "--review" if given is not None else "beside the masks",
+            "rejected": len(rejected),
+            "left_out": len(left_out),
+            "left_out_images": left_out,
+        }
+        where = "" if given is not None else " (MASKS/../review.json)"
+        self.reporter.message(f"review: {path}{where}: {len(left_out)} image(s) marked rejected are left out of training")
+        if not kept:
+            raise ConfigError(f"{path} rejects every training image: nothing left to train on")
+        return kept
+
     def frozen_clip(self, ckpt: Mapping[str, Any] | None) -> tuple[CLIP, ResolvedWeights]:
         """The frozen CLIP of the run: ``--weights``, else (``--resume``) the run's recorded file,
         else as for labelling; on ``--resume`` its SHA-256 must be the run's."""
@@ -184,7 +214,9 @@ class CamMethod(LearnedMethod):
     def load_labelled_images(self, ckpt: Mapping[str, Any] | None) -> None:
         """``image_labels``, and ``keys`` / ``paths`` of the labelled images under IMAGES."""
         self.image_labels = self.training_labels(ckpt)
-        self.keys, self.paths = labelled_paths(self.cfg.images, self.image_labels)
+        keys, paths = labelled_paths(self.cfg.images, self.image_labels)
+        kept = self.apply_review(list(zip(keys, paths)), lambda kp: kp[0])
+        self.keys, self.paths = [k for k, _ in kept], [p for _, p in kept]
 
     @property
     def samples(self) -> int:

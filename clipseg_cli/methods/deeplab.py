@@ -149,7 +149,8 @@ class DeepLabRetrain(LearnedMethod):
             raise ConfigError(f"--val GT {val_gt}: no such folder")
         if cfg.masks is None:
             raise ConfigError("MASKS: no pseudo masks given")
-        self.pairs = find_pairs(cfg.images, cfg.masks, skip_missing=cfg.skip_missing)  # type: ignore[arg-type]
+        pairs = find_pairs(cfg.images, cfg.masks, skip_missing=cfg.skip_missing)  # type: ignore[arg-type]
+        self.pairs = self.apply_review(pairs, lambda p: p.key, cfg.masks)
         check_pair_sizes(self.pairs)
         self.val_pairs = []
         if val_images is not None and val_gt is not None:

@@ -197,8 +197,9 @@ class RefinerMethod(LearnedMethod):
         self.image_labels: ImageLabels = self.training_labels(ckpt)
         if cfg.seeds is None:
             raise ConfigError("SEEDS: no seed masks given")
-        self.pairs = find_pairs(cfg.images, cfg.seeds, skip_missing=cfg.skip_missing, what="SEEDS",  # type: ignore[arg-type]
-                                keys=self.image_labels)  # fmt: skip
+        pairs = find_pairs(cfg.images, cfg.seeds, skip_missing=cfg.skip_missing, what="SEEDS",  # type: ignore[arg-type]
+                           keys=self.image_labels)  # fmt: skip
+        self.pairs = self.apply_review(pairs, lambda p: p.key, cfg.seeds)
         check_pair_sizes(self.pairs)
         self.num_classes = len(cfg.class_names) + 1
         self.iters = cfg.iters

@@ -153,7 +153,8 @@ def _review_box(ctx: PageContext) -> str:
         '<span id="review-status"></span></div>'
         '<p class="muted">mark with <kbd>A</kbd> accept, <kbd>R</kbd> reject, <kbd>F</kbd> fix (again: clear), '
         "here on the row of <kbd>J</kbd> / <kbd>K</kbd> or in the full-size view. The marks go to "
-        "<code>OUT/review.json</code>; <code>wsss-label IMAGES ... --redo rejected</code> relabels the rejected images.</p></figure>"
+        "<code>OUT/review.json</code>: training (<code>retrain</code>, <code>refine train</code>, <code>train-cam</code>) "
+        "leaves the rejected images out, <code>wsss-label IMAGES ... --redo rejected</code> relabels them.</p></figure>"
     )
 
 

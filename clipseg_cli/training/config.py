@@ -127,6 +127,10 @@ class RunConfig:
         "fp32", "fp32 | bf16: autocast the forward pass and loss to bfloat16 (CUDA; CPU works too).",
         choices=PRECISIONS, defining=False,
     )  # fmt: skip
+    review: Path | None = setting(
+        None, "Marks of `wsss-label report` (review.json): images marked rejected are left out of training. "
+        "Default: MASKS/../review.json when it exists (commands that train on masks).", metavar="FILE",
+    )  # fmt: skip
 
     @classmethod
     def fields(cls) -> tuple[dataclasses.Field, ...]:

@@ -62,6 +62,8 @@ class TrainingHooks:
     # the checkpoint key holding the number of training samples (a warning when it changed on --resume)
     samples_key: str = "pairs"
     samples_noun: str = "training images"
+    # what a review file decided (clipseg_cli.methods.base.LearnedMethod.apply_review): run.json's "review"
+    review: dict[str, Any] | None = None
 
     cfg: RunConfig
     device: torch.device
@@ -214,6 +216,7 @@ class Trainer:
             "final_loss_parts": {k: round(v, 6) for k, v in st.parts.items()},
             "peak_memory": peak_memory(hooks.device),
             "files": {"last": LAST, "metrics": METRICS, "curve": CURVE},
+            "review": hooks.review,
         }
         for key, value in hooks.summary_extra().items():
             if isinstance(value, dict) and isinstance(summary.get(key), dict):
