@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.train_gpu_smoke import command_line, make_inputs
 from clipseg_cli import methods
-from tests.conftest import Cli, one_error_line
+from tests.conftest import Cli, interrupted_run, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 METHODS = sorted(methods.all_methods())
@@ -83,3 +83,19 @@ def test_retrain_uses_the_review_beside_the_masks_and_refuses_bad_ones(inputs: d
         result = cli(*command_line("deeplabv2", "tiny", inputs, tmp_path / review.stem, "cpu", "fp32", 1), "--review", review)
         assert result.exit_code == 2, result.output
         assert message in one_error_line(result)
+
+
+def test_resume_keeps_the_runs_review(inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = _images(inputs)
+    first = _review(tmp_path / "first.json", {images[2]: "rejected"})
+    other = _review(tmp_path / "other.json", {images[3]: "rejected"})
+    cli = Cli()
+    run = command_line("deeplabv2", "tiny", inputs, tmp_path / "run", "cpu", "fp32", 2)
+    interrupted_run(monkeypatch, 1, tmp_path / "run", lambda: cli(*run, "--review", first))
+    refused = cli(*run, "--resume", "--review", other)
+    assert refused.exit_code == 2 and "review" in one_error_line(refused)
+    resumed = cli(*run, "--resume")  # no --review: the run's own
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert summary["iteration"] == 2 and summary["review"]["file"] == str(first.resolve())
+    assert summary["review"]["left_out_images"] == [images[2].rsplit(".", 1)[0]]
