@@ -24,3 +24,11 @@ class WeightsError(ConfigError):
 
 class ImageError(Exception):
     """One image could not be processed; the run goes on (exit 1 at the end)."""
+
+
+class OutputBusyError(ConfigError):
+    """Another run holds the output folder (exit 2)."""
+
+
+class OutputWriteError(WsssError):
+    """The output folder stopped taking files (disk full, read-only, quota): the run stops (exit 2)."""

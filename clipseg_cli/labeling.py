@@ -19,10 +19,10 @@ import numpy as np
 from clipseg_cli.cam.pipeline import CLIPESPredictor, LabelResult
 from clipseg_cli.data.classes import ClassSet
 from clipseg_cli.data.image_list import image_stem
-from clipseg_cli.data.images import IMAGE_EXTENSIONS, find_images, load_rgb
+from clipseg_cli.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, find_images, load_rgb, special_file_reason
 from clipseg_cli.data.labels import LabelIndex
-from clipseg_cli.errors import ConfigError, ImageError
-from clipseg_cli.io.atomic import remove_stale_parts, write_json, write_npz
+from clipseg_cli.errors import ConfigError, ImageError, OutputWriteError, WsssError
+from clipseg_cli.io.atomic import final_name, is_storage_failure, remove_stale_parts, write_json, write_npz
 from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
 from clipseg_cli.io.visualize import save_visualization
 from clipseg_cli.run_settings import Decisive, read_record, rerun_conflict
@@ -134,6 +134,10 @@ def make_plan(
         if not indices:
             plan.skipped.append({"image": rel, "reason": "empty label list"})
             continue
+        special = special_file_reason(images_root / rel)
+        if special is not None:  # a named pipe would block whoever opens it
+            plan.failed.append({"image": rel, "reason": special})
+            continue
         item = WorkItem(rel, indices, names)
         if item.stem in outputs:
             plan.failed.append({"image": rel, "reason": f"same output name as {outputs[item.stem]}"})
@@ -184,13 +188,14 @@ def check_rerun(layout: OutputLayout, plan: Plan, settings: dict[str, Any]) -> l
     return relabelled
 
 
-# Exceptions that fail one image and let the run go on (anything else is a bug and ends the run).
+# Exceptions that fail one image and let the run go on. ``OutputWriteError`` (the output
+# folder takes no more files) stops the run; anything else is a bug and ends it.
 IMAGE_FAILURES: tuple[type[BaseException], ...] = (ImageError, RuntimeError, ValueError, MemoryError, OSError)
 
 
 def failure_reason(exc: BaseException) -> str:
     """The one-line ``reason`` of run.json's ``failed`` entry for an image that raised ``exc``."""
-    if isinstance(exc, ImageError):
+    if isinstance(exc, (ImageError, WsssError)):
         return str(exc)
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
@@ -240,13 +245,32 @@ def write_image_outputs(
     """Write the files of one finished image, each atomically, the mask last.
 
     The one writer for every backend (serial, worker processes, Ray tasks), so their files
-    are the same; rewriting an image (a retried Ray task) replaces each file whole.
+    are the same; rewriting an image (a retried Ray task) replaces each file whole. A full
+    disk or a read-only file system raises ``OutputWriteError`` (the run stops), never a
+    failure of this one image.
     """
+    try:
+        _write_image_files(layout, item, image, result, save_cams, visualize)
+    except OSError as exc:
+        if is_storage_failure(exc):
+            raise OutputWriteError(storage_message(layout.root, exc)) from None
+        raise
+
+
+def storage_message(root: Path, exc: OSError) -> str:
+    """The one line for a write into ``root`` that failed with a full disk, quota or read-only FS."""
+    where = f" ({final_name(exc.filename)})" if exc.filename else ""
+    return f"cannot write to {root}: {exc.strerror or exc}{where}"
+
+
+def _write_image_files(
+    layout: OutputLayout, item: WorkItem, image: np.ndarray, result: LabelResult, save_cams: bool, visualize: bool
+) -> None:
     if save_cams:
         arrays: dict[str, np.ndarray] = {
             "labels": np.asarray(item.labels, dtype=np.int64),
-            "cam": result.cam.astype(np.float32),
-            "refined": result.refined.astype(np.float32),
+            "cam": result.cam.astype(np.float32, copy=False),
+            "refined": result.refined.astype(np.float32, copy=False),
         }
         if result.confidence is not None:
             arrays["confidence"] = result.confidence.astype(np.float16)
@@ -272,13 +296,14 @@ class LabelJob:
     settings: dict[str, Any] = field(default_factory=dict)
     # A redo of marked images (clipseg_cli.relabel): its run.json record; the entries it makes carry "redo": n.
     redo: dict[str, Any] | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger images fail before they are decoded
     _redos: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)  # run.json's earlier redo records
 
     def process(self, item: WorkItem) -> LabelResult:
         """Label one image and write its files (mask last)."""
         if self.predictor is None:  # a programming error, not one image's failure
             raise TypeError("this LabelJob has no predictor: pass an engine to run()")
-        image = load_rgb(self.images_root / item.rel)
+        image = load_rgb(self.images_root / item.rel, self.max_pixels)
         result = self.predictor.predict(image, item.labels)
         write_image_outputs(self.layout, item, image, result, self.save_cams, self.visualize)
         return result
@@ -292,9 +317,14 @@ class LabelJob:
         return Outcome(item, seconds=result.seconds, figures=image_figures(result))
 
     def run_serial(self, items: Sequence[WorkItem], record: Record) -> None:
-        """The in-process engine: one image after the other."""
+        """The in-process engine: one image after the other (until the output folder fails)."""
         for item in items:
-            record(self.attempt(item))
+            try:
+                outcome = self.attempt(item)
+            except OutputWriteError as exc:
+                record(Outcome.failure(item, exc))
+                raise
+            record(outcome)
 
     def run(
         self,
@@ -322,7 +352,8 @@ class LabelJob:
         processed = 0
         started = time.time()
         interrupted = False
-        write_json(self.layout.run_file, self.summary(plan, entries, list(plan.failed), 0, 0.0, None))
+        stopped: str | None = None
+        self._write_summary(self.summary(plan, entries, list(plan.failed), 0, 0.0, None), None)
         for item in plan.todo if plan.fresh else plan.stale:
             self.layout.mask(item).unlink(missing_ok=True)
 
@@ -346,13 +377,26 @@ class LabelJob:
         except KeyboardInterrupt:
             interrupted = True
             raise
+        except OutputWriteError as exc:
+            stopped = str(exc)
+            raise
         finally:
             # Failures in plan order, whatever order an engine finished the images in.
             failed = list(plan.failed)
             failed += [{"image": i.rel, "reason": run_failed[i.rel]} for i in plan.todo if i.rel in run_failed]
             summary = self.summary(plan, entries, failed, processed, time.time() - started, interrupted)
-            write_json(self.layout.run_file, summary)
+            if stopped is not None:
+                summary["state"], summary["stopped"] = "stopped", stopped
+            self._write_summary(summary, stopped)
         return summary
+
+    def _write_summary(self, summary: dict[str, Any], stopped: str | None) -> None:
+        """run.json; a full disk here is one line too (naming the first failure, if any)."""
+        try:
+            write_json(self.layout.run_file, summary)
+        except OSError as exc:
+            first = f"{stopped}; " if stopped else ""
+            raise OutputWriteError(f"{first}{storage_message(self.layout.root, exc)}: run.json not updated") from None
 
     def summary(
         self,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,6 +18,65 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 
 # Refuse decompression bombs but allow large photographs (they are scaled down by --max-side).
 Image.MAX_IMAGE_PIXELS = 400_000_000
+# Pillow refuses anything above twice its warning limit on its own, before our check can run.
+PILLOW_PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS
+
+# Images above this many pixels are refused before they are decoded (``--max-pixels``): the
+# outputs are full-size (mask, CAMs, CRF confidence), so memory grows with the pixel count
+# whatever --max-side is. See benchmarks/image_memory.py for the measured bytes per pixel.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def not_regular_reason(mode: int) -> str | None:
+    """``None`` for a regular file, else the per-image failure for a file of this ``st_mode``."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "not a plain file")
+    return f"not a regular file ({kind})"
+
+
+def special_file_reason(path: Path) -> str | None:
+    """Why ``path`` (links followed) cannot be an image file without opening it, or ``None``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: decoding says so
+    return not_regular_reason(mode)
+
+
+def open_image_file(path: Path) -> BinaryIO:
+    """Open ``path`` for reading without ever blocking; ImageError unless it is a regular file.
+
+    A named pipe would block ``open`` until some process writes to it (forever, in practice),
+    a device could be read without end: neither is opened as an image.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except OSError as exc:
+        raise ImageError(f"cannot open image: {exc.strerror or exc}") from None
+    try:
+        reason = not_regular_reason(os.fstat(fd).st_mode)
+        if reason is not None:
+            raise ImageError(reason)
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def find_images(root: Path, exclude: Path | None = None) -> list[str]:
@@ -33,16 +94,27 @@ def find_images(root: Path, exclude: Path | None = None) -> list[str]:
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale integer or float samples of any depth to 0..255."""
+    """Scale integer or float samples of any depth to 0..255.
+
+    Samples within a usual range keep its meaning: 0..1 and 0..255 (floats), 0..255 and
+    0..65535 (integers). Anything else (32-bit integers above 65535, negative samples, floats
+    above 255) is stretched from its own minimum to its maximum; never clipped to white.
+    """
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.floating):
-        top = 1.0 if float(np.nanmax(arr, initial=0.0)) <= 1.0 else 255.0
-        return np.clip(np.nan_to_num(arr) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    top = 65535.0 if int(arr.max(initial=0)) > 255 else 255.0
-    return np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    values = arr.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        values = np.where(finite, values, 0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    floating = np.issubdtype(arr.dtype, np.floating)
+    usual = (1.0, 255.0) if floating else (255.0, 65535.0)
+    top = next((t for t in usual if low >= 0.0 and high <= t), None)
+    if top is None:
+        values, top = values - low, (high - low) or 1.0
+    return np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -57,21 +129,33 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """Decode ``path``, apply its EXIF orientation, return (H, W, 3) uint8 RGB; ImageError if unreadable."""
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    """ImageError if a ``width`` x ``height`` image is above ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"{width}x{height} is {width * height / 1e6:.1f} megapixels, above --max-pixels {max_pixels} "
+            "(its full-size outputs need memory in proportion); raise --max-pixels to label it"
+        )
+
+
+def load_rgb(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path``, apply its EXIF orientation, return (H, W, 3) uint8 RGB; ImageError if unreadable.
+
+    Only regular files are opened (never blocking on a named pipe); an image above
+    ``max_pixels`` is refused from its header, before its pixels are decoded.
+    """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_image_file(path) as fh:
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with Image.open(fh) as img:
+                check_pixels(*img.size, max_pixels)
                 img.load()
                 upright = ImageOps.exif_transpose(img)
                 rgb = pil_to_rgb(upright)
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
     except UnidentifiedImageError:
         raise ImageError("not a readable image (corrupt, empty or unknown format)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large to decode safely: {exc}") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"more than {PILLOW_PIXEL_LIMIT} pixels: too large to decode safely (--max-pixels)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"cannot decode image: {exc}") from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:

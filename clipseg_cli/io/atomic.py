@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -18,8 +19,26 @@ def _current_umask() -> int:
     return mask
 
 
+# errno values that mean a whole folder takes no more files (not one file's problem).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """True for a full disk, an exceeded quota or a read-only file system."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
 # mkstemp creates files readable by the owner only; finished outputs get the usual permissions.
 _FILE_MODE = 0o666 & ~_current_umask()
+
+
+def final_name(path: str | os.PathLike[str]) -> str:
+    """The file an ``atomic_path`` temporary (``.NAME.XXXXXXXX.part``) becomes; other paths as they are."""
+    path = Path(path)
+    name = path.name
+    if name.startswith(".") and name.endswith(".part") and name.count(".") >= 3:
+        return str(path.with_name(name[1 : -len(".part")].rsplit(".", 1)[0]))
+    return str(path)
 
 
 @contextlib.contextmanager

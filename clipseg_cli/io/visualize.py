@@ -37,10 +37,14 @@ def heatmap(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return (0.5 * image + 0.5 * cv2.cvtColor(jet, cv2.COLOR_BGR2RGB)).astype(np.uint8)
 
 
-def _tile(rgb: np.ndarray, caption: str) -> np.ndarray:
-    height, width = rgb.shape[:2]
-    scale = TILE_HEIGHT / height
-    tile = cv2.resize(rgb, (max(1, round(width * scale)), TILE_HEIGHT), interpolation=cv2.INTER_AREA)
+def _shrink(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """``array`` resized to ``size`` (w, h): area averaging, or nearest for label maps."""
+    if (array.shape[1], array.shape[0]) == size:
+        return array
+    return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def _caption(tile: np.ndarray, caption: str) -> np.ndarray:
     bar = np.full((24, tile.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, caption, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([bar, tile], axis=0)
@@ -56,10 +60,20 @@ def mask_key(mask: np.ndarray, labels: Sequence[int], names: Sequence[str]) -> l
     return entries  # type: ignore[return-value]
 
 
-def compose(image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None) -> np.ndarray:
-    """The picture; with ``labels`` (class indices, in the order of ``names``) a colour key under it."""
-    tiles = [_tile(image, "image"), _tile(overlay(image, mask), "mask")]
-    tiles += [_tile(heatmap(image, cam), f"CAM {name}") for cam, name in zip(cams, names)]
+def compose(
+    image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None
+) -> np.ndarray:
+    """The picture; with ``labels`` (class indices, in the order of ``names``) a colour key under it.
+
+    Image, mask and CAMs are scaled to the tile height first, so a large image costs no
+    full-size blends (the picture is for review, not a measured output).
+    """
+    height, width = image.shape[:2]
+    size = (max(1, round(width * TILE_HEIGHT / height)), TILE_HEIGHT)
+    small = _shrink(image, size)
+    tiles = [_caption(small, "image"), _caption(overlay(small, _shrink(mask, size, nearest=True)), "mask")]
+    for cam, name in zip(cams, names):
+        tiles.append(_caption(heatmap(small, _shrink(np.ascontiguousarray(cam, dtype=np.float32), size)), f"CAM {name}"))
     gap = np.full((TILE_HEIGHT + 24, 4, 3), 255, np.uint8)
     row = [tiles[0]]
     for t in tiles[1:]:

@@ -11,26 +11,77 @@ Failures of one image (``labeling.IMAGE_FAILURES``, raised in any stage) are rec
 that image's outcome and the run goes on. A worker process that dies (killed for memory, a
 crash in native code) breaks the pool: a new pool is started and the images that were in
 flight are tried again; an image in flight during ``MAX_POOL_BREAKS`` breaks is recorded as
-failed. Ctrl-C (KeyboardInterrupt in this thread): nothing new starts, the images being
-finished are waited for and recorded (their files are complete), then KeyboardInterrupt goes
-on; a second Ctrl-C while waiting terminates the workers and calls ``on_abort`` (which
-removes half-written files).
+failed. Any other error from a stage (``OutputWriteError``: the disk is full) is recorded for
+its image and stops the run like Ctrl-C, then is raised.
+
+Ctrl-C: while ``run`` is going, SIGINT (in the main thread) is caught and acted on at safe
+points, never inside the executor's own bookkeeping (a KeyboardInterrupt there could leave a
+pool that never shuts down); only the model stage, which is this module's caller's code, is
+interrupted at once. Then nothing new starts, the images being finished are waited for (at
+most ``DRAIN_SECONDS``) and recorded (their files are complete), the workers are killed
+(prepare tasks write nothing), and KeyboardInterrupt goes on. A second Ctrl-C, or the time
+limit, kills the workers at once and calls ``on_abort`` (which removes half-written files).
+Futures are never cancelled one by one: that races with a breaking pool in
+``concurrent.futures`` (InvalidStateError in its manager thread, then a hang at exit).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, wait
 from typing import Any, Callable, Sequence
 
 from clipseg_cli.labeling import IMAGE_FAILURES, Outcome, Record, WorkItem
 
 MAX_POOL_BREAKS = 2
+DRAIN_SECONDS = 10.0  # after Ctrl-C, how long the images being finished get
+POLL_SECONDS = 0.1  # how often waiting looks for Ctrl-C
 
 PrepareFn = Callable[[WorkItem], Any]  # runs in the pool
 ModelFn = Callable[[WorkItem, Any], tuple]  # runs here: prepared -> finish arguments
 FinishFn = Callable[..., dict]  # runs in the pool: (item, *arguments) -> the Outcome's other fields
+
+
+class CtrlC:
+    """SIGINT while a pipeline runs: counted, raised as KeyboardInterrupt only where it is safe.
+
+    Installed for the main thread only (elsewhere no SIGINT arrives); where SIGINT is ignored
+    (a run in the background) it stays ignored.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.raise_now = False  # True while the model runs: interrupt it at once
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous not in (signal.SIG_IGN, None):
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _handle(self, _signum: int, _frame: object) -> None:
+        self.count += 1
+        if self.raise_now:
+            self.raise_now = False
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt here if Ctrl-C was pressed."""
+        if self.count:
+            raise KeyboardInterrupt
 
 
 class Pipeline:
@@ -62,6 +113,8 @@ class Pipeline:
         self._prep: collections.deque[tuple[WorkItem, Future]] = collections.deque()
         self._fin: dict[Future, tuple[WorkItem, tuple]] = {}
         self._breaks: collections.Counter[str] = collections.Counter()
+        self._ctrl_c = CtrlC()
+        self._fatal: BaseException | None = None  # a stage's error that stops the run
 
     # -- driving -------------------------------------------------------------------------
 
@@ -70,17 +123,22 @@ class Pipeline:
         self._pending = collections.deque(items)
         if not self._pending:
             return
-        self._executor = self.make_executor()
-        try:
-            self._loop(record)
-        except KeyboardInterrupt:
-            self._drain(record)
-            raise
-        finally:
-            self._shutdown()
+        completed = False
+        with self._ctrl_c:
+            try:
+                self._executor = self.make_executor()
+                self._loop(record)
+                completed = True
+            except BaseException:
+                self._drain(record)
+                raise
+            finally:
+                self._shutdown(completed)
+            self._ctrl_c.check()  # pressed while the idle pool shut down: still an interrupt
 
     def _loop(self, record: Record) -> None:
         while self._pending or self._prep or self._fin:
+            self._checkpoint()
             self._harvest(record)
             self._fill()
             if self._prep and len(self._fin) < self.window:
@@ -92,6 +150,13 @@ class Pipeline:
                 self._run_model(item, future, record)
             elif self._fin:
                 self._wait_and_harvest(record)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """A safe point: act on Ctrl-C, or on a stage's error that stops the run."""
+        self._ctrl_c.check()
+        if self._fatal is not None:
+            raise self._fatal
 
     def _fill(self) -> None:
         while self._pending and len(self._prep) < self.prefetch:
@@ -109,18 +174,29 @@ class Pipeline:
         except IMAGE_FAILURES as exc:
             record(Outcome.failure(item, exc))
             return
+        except Exception as exc:  # noqa: BLE001 - not this image's problem: the run stops
+            self._stop(item, exc, record)
+            return
         self._in_model = 1
         self._note_in_flight()
         try:
+            self._ctrl_c.raise_now = True
+            self._ctrl_c.check()
             args = self.model(item, prepared)
         except IMAGE_FAILURES as exc:
             record(Outcome.failure(item, exc))
             return
         finally:
+            self._ctrl_c.raise_now = False
             self._in_model = 0
             del prepared
         self._fin[self._submit(self.finish, item, *args)] = (item, args)
         self._note_in_flight()
+
+    def _stop(self, item: WorkItem, exc: BaseException, record: Record) -> None:
+        record(Outcome.failure(item, exc))
+        if self._fatal is None:
+            self._fatal = exc
 
     def _note_in_flight(self) -> None:
         self.max_in_flight = max(self.max_in_flight, len(self._prep) + self._in_model + len(self._fin))
@@ -136,10 +212,10 @@ class Pipeline:
             return failed
 
     def _wait_and_harvest(self, record: Record, *extra: Future, restart: bool = True) -> None:
-        """Wait until one of ``extra`` or of the images being finished is done, then harvest."""
+        """Wait (a short while) until one of ``extra`` or of the images being finished is done, then harvest."""
         waiting = [*extra, *self._fin]
         if waiting:
-            wait(waiting, return_when=FIRST_COMPLETED)
+            wait(waiting, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
         self._harvest(record, restart)
 
     def _harvest(self, record: Record, restart: bool = True) -> None:
@@ -155,6 +231,10 @@ class Pipeline:
             except IMAGE_FAILURES as exc:
                 del self._fin[future]
                 record(Outcome.failure(item, exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - not this image's problem: the run stops
+                del self._fin[future]
+                self._stop(item, exc, record)
                 continue
             del self._fin[future]
             record(Outcome(item, **fields))
@@ -202,43 +282,53 @@ class Pipeline:
     # -- stopping ------------------------------------------------------------------------
 
     def _drain(self, record: Record) -> None:
-        """After Ctrl-C: start nothing new, record the images being finished, then stop."""
+        """After Ctrl-C (or a stopping error): start nothing new, record the images being finished.
+
+        The images waiting for the model are dropped (their prepare tasks write nothing and
+        die with the workers). A second Ctrl-C, or ``DRAIN_SECONDS``, aborts.
+        """
         self._pending.clear()
-        for _item, future in self._prep:
-            future.cancel()
         self._prep.clear()
+        presses = self._ctrl_c.count
+        deadline = time.monotonic() + DRAIN_SECONDS
         try:
             while self._fin:
+                if self._ctrl_c.count > presses or time.monotonic() > deadline:
+                    self._abort()
+                    return
                 self._wait_and_harvest(record, restart=False)
         except KeyboardInterrupt:
-            self._terminate()
-            raise
+            self._abort()
 
-    def _terminate(self) -> None:
-        """Kill the workers now (second Ctrl-C); their half-written files go with ``on_abort``."""
-        executor = self._executor
+    def _abort(self) -> None:
+        """Kill the workers now; their half-written files go with ``on_abort``."""
+        self._kill_workers()
+        self._fin.clear()
+        if self.on_abort is not None:
+            self.on_abort()
+
+    def _kill_workers(self) -> None:
+        """SIGKILL every worker process and reap it; the executor is dropped (never waited on)."""
+        executor, self._executor = self._executor, None
         if executor is None:
             return
         processes = list((getattr(executor, "_processes", None) or {}).values())
-        if hasattr(executor, "terminate_workers"):  # Python >= 3.14
+        for process in processes:
             with contextlib.suppress(Exception):
-                executor.terminate_workers()
-        else:
-            for process in processes:
-                with contextlib.suppress(Exception):
-                    process.terminate()
+                process.kill()
         for process in processes:
             with contextlib.suppress(Exception):
                 process.join(timeout=5)
         with contextlib.suppress(Exception):
             executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = None
-        self._fin.clear()
-        if self.on_abort is not None:
-            self.on_abort()
+        manager = getattr(executor, "_executor_manager_thread", None)
+        if isinstance(manager, threading.Thread):
+            manager.join(timeout=5)  # it notices the dead workers and ends; at exit it is joined again
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, completed: bool) -> None:
+        if not completed:
+            self._kill_workers()  # nothing of value in flight: drained, or aborted
+            return
         executor, self._executor = self._executor, None
         if executor is not None:
-            # Waits for the (few) tasks already handed to workers: no file is left half-written.
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True, cancel_futures=True)  # the workers are idle

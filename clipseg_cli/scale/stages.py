@@ -15,12 +15,14 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clipseg_cli.cam.pipeline import CLIPESSettings, PreparedImage, finish, prepare
 from clipseg_cli.data.images import load_rgb
 from clipseg_cli.labeling import OutputLayout, WorkItem, image_figures, write_image_outputs
+from clipseg_cli.scale.lifeline import watch_lifeline
 
 _NO_TENSOR = np.empty((0,), np.float32)
 
@@ -35,6 +37,7 @@ class StageSpec:
     patch: int
     save_cams: bool
     visualize: bool
+    max_pixels: int | None = None
 
 
 _spec: StageSpec | None = None
@@ -44,10 +47,13 @@ _spec: StageSpec | None = None
 WORKER_NICENESS = 10
 
 
-def init_worker(spec: StageSpec) -> None:
-    """Pool initializer: keep the spec; Ctrl-C is the main process's to handle; one thread each."""
+def init_worker(spec: StageSpec, lifeline: Any = None) -> None:
+    """Pool initializer: keep the spec; exit with the main process (``lifeline``, see
+    ``scale.lifeline``); Ctrl-C is the main process's to handle; one thread each."""
     global _spec
     _spec = spec
+    if lifeline is not None:
+        watch_lifeline(lifeline)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(AttributeError, OSError):
         os.nice(WORKER_NICENESS)
@@ -67,7 +73,7 @@ def _current() -> StageSpec:
 def prepare_stage(item: WorkItem) -> tuple[PreparedImage, float]:
     """Decode and prepare one image; returns it and the seconds ``prepare`` took (part of "cam")."""
     spec = _current()
-    image = load_rgb(spec.images_root / item.rel)
+    image = load_rgb(spec.images_root / item.rel, spec.max_pixels)
     start = time.perf_counter()
     prepared = prepare(image, spec.settings, spec.patch)
     return prepared, time.perf_counter() - start

@@ -19,16 +19,18 @@ import torch
 from clipseg_cli.cam.pipeline import CLIPESPredictor, PreparedImage
 from clipseg_cli.io.atomic import remove_stale_parts
 from clipseg_cli.labeling import Engine, LabelJob, Record, WorkItem
-from clipseg_cli.scale import stages
+from clipseg_cli.scale import lifeline, stages
 from clipseg_cli.scale.scheduler import Pipeline
 
 
 def mp_context() -> multiprocessing.context.BaseContext:
     """forkserver where there is one (workers fork from a clean server that imported torch once),
-    else spawn. Never plain fork: the parent has torch's threads running."""
+    else spawn. Never plain fork: the parent has torch's threads running. The fork server is
+    started here, out of Ctrl-C's reach (``lifeline.start_forkserver``)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([stages.__name__])
+        context.set_forkserver_preload([lifeline.__name__, stages.__name__])
+        lifeline.start_forkserver()
         return context
     return multiprocessing.get_context("spawn")
 
@@ -65,10 +67,17 @@ def worker_engine(job: LabelJob, workers: int) -> Engine:
         patch=predictor.model.visual.patch_size,
         save_cams=job.save_cams,
         visualize=job.visualize,
+        max_pixels=job.max_pixels,
     )
 
     def make_executor() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), initializer=stages.init_worker, initargs=(spec,))
+        context = mp_context()
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=stages.init_worker,
+            initargs=(spec, lifeline.lifeline_end()),
+        )
 
     def engine(items: Sequence[WorkItem], record: Record) -> None:
         prefetch, window = windows(workers)
