@@ -19,7 +19,8 @@ import numpy as np
 from clipseg_cli.cam.pipeline import CLIPESPredictor, LabelResult
 from clipseg_cli.data.classes import ClassSet
 from clipseg_cli.data.image_list import image_stem
-from clipseg_cli.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, find_images, load_rgb, special_file_reason
+from clipseg_cli.data.images import IMAGE_EXTENSIONS, find_images, load_rgb, special_file_reason
+from clipseg_cli.data.limits import DEFAULT_MAX_PIXELS
 from clipseg_cli.data.labels import LabelIndex
 from clipseg_cli.errors import ConfigError, ImageError, OutputWriteError, WsssError
 from clipseg_cli.io.atomic import final_name, is_storage_failure, remove_stale_parts, write_json, write_npz
@@ -28,6 +29,7 @@ from clipseg_cli.io.visualize import save_visualization
 from clipseg_cli.run_settings import Decisive, read_record, rerun_conflict
 
 RUN_FILE = "run.json"
+OUTPUT_FOLDERS = ("masks", "cams", "vis", "report")  # under --out; "report" is the gallery's
 
 # The settings of run.json that decide the masks: a rerun into the same --out must have the same
 # (see run_settings). Not here: paths, device, workers, backend, --save-cams, --visualize, --report.
@@ -89,6 +91,10 @@ class OutputLayout:
     def run_file(self) -> Path:
         return self.root / RUN_FILE
 
+    def folders(self) -> list[Path]:
+        """The folder and its subfolders that hold outputs (never read as input images)."""
+        return [self.root, *(self.root / name for name in OUTPUT_FOLDERS)]
+
 
 def resolve_labels(names: Iterable[str], class_set: ClassSet, image: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
     indices: list[int] = []
@@ -118,7 +124,7 @@ def make_plan(
     image that is not in the folder is a failure.
     """
     plan = Plan(fresh=overwrite)
-    found = find_images(images_root, exclude=layout.root)
+    found = find_images(images_root, exclude=layout.folders())
     listed = None if only is None else set(only)
     if listed is not None:
         found = [rel for rel in found if image_stem(rel) in listed]
@@ -145,9 +151,15 @@ def make_plan(
         outputs[item.stem] = rel
         finished = layout.mask(item).is_file() and (not need_cams or layout.cams(item).is_file())
         (plan.done if finished and not overwrite else plan.todo).append(item)
+    by_stem = {posixpath.splitext(rel)[0]: rel for rel in reversed(found)}
     for key, names in labels.labels.items():
         if key in used_keys or (listed is not None and image_stem(key) not in listed):
             continue
+        twin = by_stem.get(key)  # "x" unused: the image x.jpg took its labels from "x.jpg"
+        if twin is not None and posixpath.splitext(key)[1] == "":
+            raise ConfigError(
+                f"{labels.source}: {key!r} and {labels.key_for(twin)!r} both name image {twin}; keep one entry"
+            )
         resolve_labels(names, class_set, key)
         path = images_root / key
         if path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS:

@@ -194,6 +194,19 @@ class TemplateScore:
     template: str
     sharpness: float
     miou: float | None = None
+    invalid: str | None = None  # why it was not scored (too long for CLIP): never recommended
+
+
+def too_long_templates(templates: Sequence[str], class_set: ClassSet) -> dict[str, str]:
+    """The templates whose prompt for some class exceeds CLIP's 77 tokens, with the reason.
+
+    CLIP would cut such a prompt, losing the class name: every class would get the same
+    text, and the "sharpness" of that template would be meaningless (and, being flat, low).
+    """
+    from clipseg_cli.clip.tokenizer import template_too_long
+
+    problems = {t: template_too_long(t, class_set.prompts) for t in templates}
+    return {t: f"too long: {p}" for t, p in problems.items() if p is not None}
 
 
 def template_text_features(
@@ -245,8 +258,13 @@ def score_templates(
 
 
 def rank_results(results: Sequence[TemplateScore]) -> list[TemplateScore]:
-    """Ascending sharpness (best first); ties keep the given order, NaN goes last."""
-    order = sorted(range(len(results)), key=lambda i: (math.isnan(results[i].sharpness), results[i].sharpness, i))
+    """Ascending sharpness (best first); ties keep the given order, NaN and invalid templates go last."""
+
+    def key(i: int) -> tuple:
+        r = results[i]
+        return (r.invalid is not None, math.isnan(r.sharpness), r.sharpness, i)
+
+    order = sorted(range(len(results)), key=key)
     return [results[i] for i in order]
 
 

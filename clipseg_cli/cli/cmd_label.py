@@ -11,6 +11,8 @@ from clipseg_cli.auto_labels import DEFAULT_LABEL_THRESHOLD
 from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.console import console, handle_errors, warn
 from clipseg_cli.cli.progress import Progress, echo, failure_line
+from clipseg_cli.data.limits import DEFAULT_MAX_PIXELS, PILLOW_PIXEL_LIMIT
+from clipseg_cli.io.lock import holds_output
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 
 if TYPE_CHECKING:
@@ -28,7 +30,9 @@ CrfBackend = Literal["auto", "pydensecrf", "torch"]  # postprocess.crf.CRF_BACKE
 RedoMark = Literal["rejected", "fix"]  # relabel.REDO_MARKS
 
 
-def _check_settings(templates: list[str], lam: float, mu: float, max_side: int, synonyms: str) -> None:
+def _check_settings(
+    templates: list[str], lam: float, mu: float, max_side: int, synonyms: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> None:
     from clipseg_cli.cam.pipeline import SYNONYM_MODES
 
     for template in templates:
@@ -42,6 +46,21 @@ def _check_settings(templates: list[str], lam: float, mu: float, max_side: int, 
         raise ConfigError(f"--max-side must be 0 (no limit) or at least 16, got {max_side}")
     if synonyms not in SYNONYM_MODES:
         raise ConfigError(f"--synonyms must be one of {', '.join(SYNONYM_MODES)}, got {synonyms!r}")
+    if not 1 <= max_pixels <= PILLOW_PIXEL_LIMIT:
+        raise ConfigError(f"--max-pixels must be between 1 and {PILLOW_PIXEL_LIMIT}, got {max_pixels}")
+
+
+def _check_template_lengths(templates: list[str], class_set: ClassSet) -> None:
+    """Every prompt (template x class prompt, synonym, background word) fits CLIP's 77 tokens."""
+    from clipseg_cli.clip.tokenizer import template_too_long
+    from clipseg_cli.prompt_search import check_template
+
+    names = [*class_set.prompts, *(s for group in class_set.synonyms for s in group), *class_set.background]
+    for template in templates:
+        check_template(template, "--template")  # no other str.format fields
+        problem = template_too_long(template, names)
+        if problem is not None:
+            raise ConfigError(f"--template {template!r} is too long: {problem}")
 
 
 def _check_scale(workers: Optional[int], backend: str, ray_address: Optional[str]) -> None:
@@ -85,6 +104,10 @@ def label(
     ),
     device: str = cv.device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Scale larger images down to this long side first (0: never)."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels",
+        help="Refuse (fail) larger images before decoding them: outputs are full-size, memory grows with the pixels.",
+    ),
     overwrite: bool = cv.overwrite_option(),
     workers: Optional[int] = typer.Option(
         None,
@@ -154,11 +177,13 @@ def label(
             review,
             label_threshold=label_threshold,
             image_list=image_list,
+            max_pixels=max_pixels,
         )
     )
 
 
 @handle_errors
+@holds_output()
 def _run(
     images: Path, labels: Optional[str | Path], annotations: Optional[Path], out: Path, classes: str,
     weights: Optional[Path], template: list[str], background: Optional[str], lam: Optional[float], mu: float,
@@ -166,6 +191,7 @@ def _run(
     workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None, report: bool = False,
     crf_backend: str = "auto", redo: Optional[str] = None, review: Optional[Path] = None,
     label_threshold: Optional[float] = None, image_list: Optional[Path] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
     from clipseg_cli.cli.common import load_resolved_clip, resolve_clip_weights
@@ -189,13 +215,15 @@ def _run(
     class_set = load_class_set(classes)
     class_set = class_set.with_background(load_background(background, class_set))
     lam = class_set.lam if lam is None else lam
-    _check_settings(template, lam, mu, max_side, synonyms)
+    _check_settings(template, lam, mu, max_side, synonyms, max_pixels)
+    _check_template_lengths(template, class_set)
     _check_scale(workers, backend, ray_address)
     _check_redo(redo, review, overwrite)
     if backend == "ray":
-        from clipseg_cli.scale.ray_backend import import_ray
+        from clipseg_cli.scale.ray_backend import check_reachable, cluster_address, import_ray
 
         import_ray()  # not installed: exit 2 before anything is loaded
+        check_reachable(cluster_address(ray_address))  # nobody listening: exit 2 at once
     only = read_image_list(image_list) if image_list is not None else None
     index = None
     if not auto:
@@ -261,6 +289,7 @@ def _run(
         predictor=predictor,
         save_cams=save_cams,
         visualize=visualize,
+        max_pixels=max_pixels,
         settings=run_settings if redo_plan is None else redo_plan.base_settings,
         redo=None if redo_plan is None else redo_plan.record,
     )
@@ -437,6 +466,7 @@ def _engine(
             device=device,
             save_cams=job.save_cams,
             visualize=job.visualize,
+            max_pixels=job.max_pixels,
         )
         return ray_engine(spec, ray_address), "labelling on Ray"
     from clipseg_cli.scale import default_workers

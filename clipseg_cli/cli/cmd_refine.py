@@ -14,6 +14,7 @@ from clipseg_cli.cli.common import predict_settings, predict_with_progress
 from clipseg_cli.cli.console import handle_errors
 from clipseg_cli.cli.train_commands import command_class, make_command
 from clipseg_cli.errors import ConfigError
+from clipseg_cli.io.lock import holds_output
 from clipseg_cli.training.config import parse_scales
 
 refine_app = cv.make_app(
@@ -74,6 +75,7 @@ def predict(
 
 
 @handle_errors
+@holds_output()
 def _run_predict(
     images: Path, checkpoint: Path, labels: Optional[Path], annotations: Optional[Path], out: Path, scales: str,
     flip: bool, crf: bool, weights: Optional[Path], device: str, overwrite: bool,

@@ -12,6 +12,7 @@ from clipseg_cli.cli.console import console, handle_errors, warn
 from clipseg_cli.cli.conventions import command
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import ConfigError
+from clipseg_cli.io.lock import holds_output
 
 if TYPE_CHECKING:
     from clipseg_cli.report.builder import BuildResult
@@ -110,4 +111,4 @@ def build_with_progress(out: Path, **options: Any) -> BuildResult:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "report", handle_errors(report))
+    command(app, "report", handle_errors(holds_output()(report)))

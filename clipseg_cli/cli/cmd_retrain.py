@@ -14,6 +14,7 @@ from clipseg_cli.cli.console import handle_errors
 from clipseg_cli.cli.progress import loading
 from clipseg_cli.cli.train_commands import command_class, make_command
 from clipseg_cli.errors import ConfigError
+from clipseg_cli.io.lock import holds_output
 from clipseg_cli.training.config import parse_scales
 
 
@@ -59,6 +60,7 @@ def predict(
 
 
 @handle_errors
+@holds_output()
 def _run_predict(
     images: Path, checkpoint: Path, labels: Optional[Path], annotations: Optional[Path], out: Path, scales: str,
     flip: bool, crf: bool, device: str, overwrite: bool, bg_threshold: Optional[float], caa: bool,

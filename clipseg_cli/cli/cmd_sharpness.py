@@ -68,7 +68,7 @@ def _print_table(report: dict[str, Any]) -> None:
     if with_gt:
         table.add_column("mIoU %", justify="right")
     for row in report["results"]:
-        cells = [str(row["rank"]), escape(row["template"]), _fmt(row["sharpness"])]
+        cells = [str(row["rank"]), escape(row["template"]), escape(row["invalid"]) if "invalid" in row else _fmt(row["sharpness"])]
         if with_gt:
             cells.append(_fmt(row["miou"], pct=True))
         table.add_row(*cells, style="bold green" if row["rank"] == 1 else None)
@@ -141,6 +141,11 @@ def _run(
         raise ConfigError("--crf/--no-crf apply to the pipeline runs of --gt; add --gt DIR or drop them")
     class_set = load_class_set(classes)
     template_list, duplicates = ps.load_templates(templates_spec)
+    invalid = ps.too_long_templates(template_list, class_set)
+    if len(invalid) == len(template_list):
+        first = next(iter(invalid.items()))
+        raise ConfigError(f"no template fits CLIP's 77 tokens (first: {first[0]!r}, {first[1]})")
+    scored = [t for t in template_list if t not in invalid]
     index = read_labels_file(labels) if labels is not None else read_voc_annotations(annotations)  # type: ignore[arg-type]
     plan = make_plan(images, index, class_set, OutputLayout(images / _NO_OUTPUT), overwrite=True, need_cams=False)
     if not plan.todo:
@@ -172,9 +177,9 @@ def _run(
             if not embedded.items:
                 raise ConfigError(f"none of the {len(chosen)} images could be read (first: {embedded.failed[0]['reason']})")
             start = time.perf_counter()
-            task = bar.add("templates", total=len(template_list), unit="templates")
+            task = bar.add("templates", total=len(scored), unit="templates")
             scores = ps.score_templates(
-                model, class_set, embedded.features, [it.labels for it in embedded.items], template_list,
+                model, class_set, embedded.features, [it.labels for it in embedded.items], scored,
                 on_template=lambda: task.advance(),
             )  # fmt: skip
             task.finish()
@@ -184,9 +189,9 @@ def _run(
                 usable = {it.rel for it in embedded.items}
                 gt_images = [g for g in gt_images if g.item.rel in usable]
                 start = time.perf_counter()
-                task = bar.add("pipeline per template (--gt)", total=len(gt_images) * len(template_list))
+                task = bar.add("pipeline per template (--gt)", total=len(gt_images) * len(scored))
                 mious = ps.gt_miou(
-                    model, class_set, images, gt_images, template_list, crf=crf is not False,
+                    model, class_set, images, gt_images, scored, crf=crf is not False,
                     max_side=max_side or None, on_step=lambda: task.advance(),
                 )  # fmt: skip
                 seconds["gt_pipeline"] = time.perf_counter() - start
@@ -195,6 +200,7 @@ def _run(
     except KeyboardInterrupt:
         raise fail("interrupted; nothing was written", EXIT_INTERRUPTED) from None
 
+    scores += [ps.TemplateScore(t, math.nan, invalid=reason) for t, reason in invalid.items()]
     ranked = ps.rank_results(scores)
     failed = plan.failed + embedded.failed
     report = _report(
@@ -216,6 +222,8 @@ def _run(
         },
     )  # fmt: skip
     _print_table(report)
+    if invalid:
+        console.print(f"[yellow]{len(invalid)} template(s) too long for CLIP's 77 tokens[/]: not scored, never recommended")
     if failed:
         console.print(f"[yellow]{len(failed)} labelled image(s) left out[/] (missing or unreadable):")
         for entry in failed[:SHOW_FAILED]:
@@ -245,6 +253,8 @@ def _report(
     results = []
     for rank, score in enumerate(ranked, 1):
         row: dict[str, Any] = {"rank": rank, "template": score.template, "sharpness": number(score.sharpness)}
+        if score.invalid is not None:
+            row["invalid"] = score.invalid
         if gt_images is not None:
             row["miou"] = number(score.miou)
         results.append(row)

@@ -23,6 +23,7 @@ import typer
 from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.console import console, handle_errors
 from clipseg_cli.errors import EXIT_OK, ConfigError
+from clipseg_cli.io.lock import output_lock
 
 if typing.TYPE_CHECKING:
     from clipseg_cli.methods.base import LearnedMethod
@@ -165,7 +166,8 @@ def make_command(
                 raise ConfigError(f"{field_flags[name][0]} is not a setting of the {method.name} {method.family}")
         if adapt is not None:
             adapt(values, explicit)
-        return run_training(method, values, explicit)
+        with output_lock(values["out"]):  # one run per run folder, checked before anything loads
+            return run_training(method, values, explicit)
 
     def command(ctx: typer.Context, **values: Any) -> None:
         explicit = [n for n in values if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]

@@ -16,6 +16,7 @@ import torch
 
 from clipseg_cli.clip.model import CLIP, CLIPConfig
 from clipseg_cli.errors import WeightsError
+from clipseg_cli.io.torch_files import load_error_reason
 
 # Entries of OpenAI's TorchScript state dict that are not parameters.
 _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -39,15 +40,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"CLIP weights not found: {path}")
     try:
-        if _is_torchscript_archive(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols and TorchScript
+            if _is_torchscript_archive(path):
                 state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure is the same user problem
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot read CLIP weights {path}: {reason[:200]}") from None
+        raise WeightsError(f"cannot read CLIP weights {path}: {load_error_reason(exc)}") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

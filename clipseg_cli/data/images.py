@@ -7,24 +7,18 @@ import posixpath
 import stat
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipseg_cli.data.limits import DEFAULT_MAX_PIXELS, PILLOW_PIXEL_LIMIT
 from clipseg_cli.errors import ConfigError, ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 # Refuse decompression bombs but allow large photographs (they are scaled down by --max-side).
-Image.MAX_IMAGE_PIXELS = 400_000_000
-# Pillow refuses anything above twice its warning limit on its own, before our check can run.
-PILLOW_PIXEL_LIMIT = 2 * Image.MAX_IMAGE_PIXELS
-
-# Images above this many pixels are refused before they are decoded (``--max-pixels``): the
-# outputs are full-size (mask, CAMs, CRF confidence), so memory grows with the pixel count
-# whatever --max-side is. See benchmarks/image_memory.py for the measured bytes per pixel.
-DEFAULT_MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = PILLOW_PIXEL_LIMIT // 2
 
 _SPECIAL_KINDS = (
     (stat.S_ISFIFO, "a named pipe"),
@@ -79,14 +73,18 @@ def open_image_file(path: Path) -> BinaryIO:
         raise
 
 
-def find_images(root: Path, exclude: Path | None = None) -> list[str]:
-    """Relative POSIX paths of the images under ``root``, sorted; hidden entries and ``exclude`` skipped."""
+def find_images(root: Path, exclude: Path | Iterable[Path] | None = None) -> list[str]:
+    """Relative POSIX paths of the images under ``root``, sorted; hidden entries and the
+    folders in ``exclude`` (an output folder, or the output subfolders when output goes to
+    ``root`` itself) skipped."""
     root = root.resolve()
-    excluded = exclude.resolve() if exclude is not None else None
+    if isinstance(exclude, (str, os.PathLike)):
+        exclude = [Path(exclude)]
+    excluded = {Path(p).resolve() for p in exclude or ()}
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         current = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (excluded is None or (current / d).resolve() != excluded))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (current / d).resolve() not in excluded)
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append((current / name).relative_to(root).as_posix())
@@ -194,9 +192,11 @@ def read_rgb(path: Path) -> np.ndarray:
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) after EXIF rotation, read from the header only."""
     try:
-        with Image.open(path) as img:
+        with open_image_file(path) as fh, Image.open(fh) as img:
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
     except Exception as exc:
         raise ImageError(f"{path}: cannot read image ({type(exc).__name__})") from None
     return (h, w) if orientation in _TRANSPOSING else (w, h)

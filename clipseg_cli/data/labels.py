@@ -73,20 +73,42 @@ def _dedupe(labels: list[str]) -> list[str]:
     return out
 
 
-def _add(result: LabelMap, raw_key: str, labels: list[str], source: str) -> None:
+def _add(result: LabelMap, raw_key: str, labels: list[str], source: str, spelled: dict[str, str]) -> None:
+    """Add ``labels`` under the normalised ``raw_key``; the same key spelled twice is merged (a
+    text file may list an image on several lines), two spellings of one path are an error."""
     key = normalise_key(raw_key, source)
+    first = spelled.setdefault(key, raw_key)
+    if first != raw_key:
+        raise ConfigError(f"{source}: {first!r} and {raw_key!r} name the same image {key!r}; keep one entry")
     merged = result.get(key, []) + labels
     result[key] = _dedupe(merged)
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json object_pairs_hook: a key given twice is an error (json would keep the last, silently)."""
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
 def _parse_json(text: str, source: str) -> LabelMap:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source}: image {exc.args[0]!r} is listed twice; keep one entry") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict):
         raise ConfigError(f'{source}: expected a JSON object {{"image path": ["label", ...]}}')
     result: LabelMap = {}
+    spelled: dict[str, str] = {}
     for key, value in data.items():
         if isinstance(value, str):
             value = [value]
@@ -96,12 +118,13 @@ def _parse_json(text: str, source: str) -> LabelMap:
             value = value["labels"]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{source}: labels of {key!r} must be a list of class names")
-        _add(result, key, value, source)
+        _add(result, key, value, source, spelled)
     return result
 
 
 def _parse_lines(text: str, source: str) -> LabelMap:
     result: LabelMap = {}
+    spelled: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -115,7 +138,7 @@ def _parse_lines(text: str, source: str) -> LabelMap:
             continue  # a CSV header
         if not fields:
             continue
-        _add(result, fields[0], fields[1:], f"{source}:{number}")
+        _add(result, fields[0], fields[1:], f"{source}:{number}", spelled)
     return result
 
 
@@ -141,6 +164,7 @@ def read_voc_annotations(folder: Path) -> LabelIndex:
     if not folder.is_dir():
         raise ConfigError(f"annotations folder not found: {folder}")
     result: LabelMap = {}
+    spelled: dict[str, str] = {}
     for xml_path in sorted(folder.rglob("*.xml")):
         try:
             root = ET.parse(xml_path).getroot()
@@ -149,7 +173,7 @@ def read_voc_annotations(folder: Path) -> LabelIndex:
         names = [(obj.findtext("name") or "").strip() for obj in root.iter("object")]
         filename = (root.findtext("filename") or "").strip() or xml_path.stem
         rel = xml_path.relative_to(folder).parent / Path(filename).stem
-        _add(result, rel.as_posix(), [n for n in names if n], str(xml_path))
+        _add(result, rel.as_posix(), [n for n in names if n], str(xml_path), spelled)
     if not result:
         raise ConfigError(f"{folder}: no VOC XML annotations found")
     return LabelIndex(result, str(folder))

@@ -31,7 +31,7 @@ def _bad_pair(pair: Pair, exc: ValueError, n_classes: int) -> ConfigError:
         where = pair.gt if exc.which == "GT" else pair.pred
         text = f"{where}: {exc}; --classes has {n_classes} classes"
         return ConfigError(text)
-    return ConfigError(f"{pair.key}: {text} ({pair.gt} vs {pair.pred})")
+    return ConfigError(f"{pair.key}: {text} (prediction {pair.pred}, GT {pair.gt})")
 
 
 def picture_path(out_dir: Path, key: str) -> Path:

@@ -176,19 +176,31 @@ def build_backbone(
     else:
         if not Path(spec).is_file():
             raise ConfigError(f"--backbone {spec}: neither 'clip' nor a file")
-        try:
-            state = torch.load(Path(spec), map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-                state = state["model"]
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-                state = state["state_dict"]
-            vit = TimmViT.from_state_dict(state)
-        except Exception as exc:  # unpickling, zip, key and shape errors all mean "not a usable ViT file"
-            text = str(exc).strip().splitlines()
-            raise ConfigError(f"--backbone {spec}: {text[0][:160] if text else type(exc).__name__}") from None
+        vit = _load_timm_vit(Path(spec))
     vit = vit.to(device)
     vit.requires_grad_(True)
     return vit
+
+
+def _load_timm_vit(path: Path) -> TimmViT:
+    """A timm ViT from a state-dict FILE; ConfigError (one line) if it is not one."""
+    from clipseg_cli.errors import ConfigError
+    from clipseg_cli.io.torch_files import load_torch_file
+
+    state = load_torch_file(path, "--backbone")
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"--backbone {path}: not a state dict of tensors (a timm ViT's)")
+    try:
+        return TimmViT.from_state_dict(state)
+    except ValueError as exc:  # from_state_dict's own "not a timm ViT state dict: ..."
+        raise ConfigError(f"--backbone {path}: {exc}") from None
+    except (RuntimeError, KeyError, IndexError) as exc:  # load_state_dict: keys or shapes do not fit
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        detail = next((line for line in lines if line.startswith(("size mismatch", "Missing", "Unexpected"))), lines[0])
+        raise ConfigError(f"--backbone {path}: not a timm ViT state dict ({detail[:160]})") from None
 
 
 def tiny_vit(width: int = 48, depth: int = 4, heads: int = 3, patch_size: int = 4, grid: int = 8, seed: int = 0) -> TimmViT:

@@ -17,13 +17,16 @@ import contextlib
 import logging
 import math
 import os
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
 from clipseg_cli.data.classes import ClassSet
-from clipseg_cli.errors import ConfigError
+from clipseg_cli.data.limits import DEFAULT_MAX_PIXELS
+from clipseg_cli.errors import ConfigError, OutputWriteError
 from clipseg_cli.labeling import (
     Engine,
     LabelJob,
@@ -37,6 +40,7 @@ MAX_SHARD = 64  # images per task at most: a retry redoes at most this many
 SHARDS_PER_SLOT = 4  # tasks per CPU (or GPU) of the cluster: balance, progress
 TASK_RETRIES = 3  # Ray's retries of a task whose worker or node died
 CANCEL_WAIT_S = 30.0  # after Ctrl-C, how long cancelled tasks get to stop
+CONNECT_TIMEOUT_S = 5.0  # to reach the cluster's address before Ray is asked to join it
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class ShardSpec:
     device: str  # as given (auto | cpu | cuda): resolved on the node that runs the task
     save_cams: bool
     visualize: bool
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
 
 def import_ray() -> Any:
@@ -95,6 +100,7 @@ def label_shard(spec: ShardSpec, items: Sequence[WorkItem]) -> list[Outcome]:
         predictor=_predictor(spec),
         save_cams=spec.save_cams,
         visualize=spec.visualize,
+        max_pixels=spec.max_pixels,
     )
     outcomes: list[Outcome] = []
     job.run_serial(items, outcomes.append)
@@ -113,12 +119,37 @@ def shard(items: Sequence[WorkItem], slots: int, size: int | None = None) -> lis
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def cluster_address(address: str | None) -> str | None:
+    """``--ray-address``, else $RAY_ADDRESS, else None (a local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_reachable(address: str | None) -> None:
+    """ConfigError within seconds if ``address`` (HOST:PORT or ray://HOST:PORT) takes no connection.
+
+    Ray itself retries an unreachable address for minutes; ``auto`` (and no address) fail
+    fast in Ray already.
+    """
+    if not address or address in ("auto", "local"):
+        return
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {reason}") from None
+
+
 def _connect(ray: Any, address: str | None) -> bool:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one; True if started here."""
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster_address(address)
+    check_reachable(address)
     try:
         if address:
             ray.init(address=address, **options)
@@ -149,10 +180,25 @@ def ray_engine(spec: ShardSpec, address: str | None = None, shard_size: int | No
             _run(ray, spec, items, record, shard_size)
         finally:
             if started_here:
-                with contextlib.suppress(Exception):
-                    ray.shutdown()
+                _shutdown_local(ray)
 
     return engine
+
+
+def _shutdown_local(ray: Any) -> None:
+    """Stop the Ray started here and remove its session folder (/tmp/ray/session_*: logs, sockets)."""
+    session = None
+    with contextlib.suppress(Exception):
+        session = ray._private.worker.global_worker.node.get_session_dir_path()
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    if not session:
+        return
+    shutil.rmtree(session, ignore_errors=True)
+    latest = os.path.join(os.path.dirname(session), "session_latest")
+    with contextlib.suppress(OSError):
+        if os.path.realpath(latest) == os.path.realpath(session):
+            os.unlink(latest)
 
 
 def _run(ray: Any, spec: ShardSpec, items: Sequence[WorkItem], record: Record, shard_size: int | None) -> None:
@@ -168,7 +214,7 @@ def _run(ray: Any, spec: ShardSpec, items: Sequence[WorkItem], record: Record, s
             done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for ref in done:
                 _collect(ray, ref, shards[ref], record)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, OutputWriteError):
         # Running tasks get KeyboardInterrupt (their atomic writes clean up), queued ones never start.
         for ref in pending:
             with contextlib.suppress(Exception):
@@ -190,6 +236,10 @@ def _collect(ray: Any, ref: Any, part: list[WorkItem], record: Record, quiet: bo
         if quiet:
             return
         cause = getattr(exc, "cause", None)
+        if isinstance(cause, OutputWriteError):  # the output folder is full or read-only: stop
+            for item in part:
+                record(Outcome.failure(item, cause))
+            raise cause from None
         reason = _first_line(cause if isinstance(cause, BaseException) else exc)
         name = type(cause).__name__ if isinstance(cause, BaseException) else type(exc).__name__
         for item in part:

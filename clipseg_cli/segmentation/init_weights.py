@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import torch
 
 from clipseg_cli.errors import ConfigError
+from clipseg_cli.io.torch_files import load_torch_file
 from clipseg_cli.segmentation.deeplab import (
     ARCHS,
     CAFFE_NORM,
@@ -39,7 +40,6 @@ from clipseg_cli.segmentation.deeplab import (
     Normalization,
 )
 from clipseg_cli.segmentation.resnet import RESNET_SPECS, Style
-from clipseg_cli.training.checkpoint import load_torch_file
 
 ACCEPTED = (
     "a torchvision ResNet state dict (resnet18/50/101-*.pth), deeplab-pytorch's "

@@ -26,26 +26,11 @@ import torch
 from clipseg_cli import __version__
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.io.atomic import atomic_path
+from clipseg_cli.io.torch_files import load_torch_file
 
 CHECKPOINT_FORMAT = "wsss-label-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("kind", "model_config", "class_names", "model")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def load_torch_file(path: Path, what: str) -> Any:
-    """``torch.load(weights_only=True)`` on CPU; one-line ConfigError when missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip, and weights-only errors all mean "not a weights file"
-        raise ConfigError(f"{what} {path}: not a PyTorch weights file ({_first_line(exc)})") from None
 
 
 def make_checkpoint(kind: str, model_config: dict[str, Any], class_names: list[str], model_state: dict, **extra: Any) -> dict[str, Any]:
