@@ -33,7 +33,7 @@ def load_error_reason(exc: BaseException) -> str:
         detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
         detail = _first_sentence(detail).rstrip(".")
         extra = f" ({detail})" if detail else ""
-        return f"it holds Python objects other than tensors{extra}; refused, as loading them could run code"
+        return f"it holds more than tensors, or is not in torch.save's format{extra}; refused, as loading it could run code"
     if isinstance(exc, EOFError) or "unexpected EOF" in text or "ran out of input" in text.lower():
         return "the file is empty or cut short"
     if isinstance(exc, (IsADirectoryError, PermissionError, FileNotFoundError)):
