@@ -261,22 +261,30 @@ def write_image_outputs(
     disk or a read-only file system raises ``OutputWriteError`` (the run stops), never a
     failure of this one image.
     """
+    writing: list[Path] = []  # the file being written, for the message
     try:
-        _write_image_files(layout, item, image, result, save_cams, visualize)
+        _write_image_files(layout, item, image, result, save_cams, visualize, writing)
     except OSError as exc:
         if is_storage_failure(exc):
-            raise OutputWriteError(storage_message(layout.root, exc)) from None
+            raise OutputWriteError(storage_message(layout.root, exc, writing[-1] if writing else None)) from None
         raise
 
 
-def storage_message(root: Path, exc: OSError) -> str:
+def storage_message(root: Path, exc: OSError, dest: Path | None = None) -> str:
     """The one line for a write into ``root`` that failed with a full disk, quota or read-only FS."""
-    where = f" ({final_name(exc.filename)})" if exc.filename else ""
+    name = final_name(exc.filename) if exc.filename else dest
+    where = f" ({name})" if name else ""
     return f"cannot write to {root}: {exc.strerror or exc}{where}"
 
 
 def _write_image_files(
-    layout: OutputLayout, item: WorkItem, image: np.ndarray, result: LabelResult, save_cams: bool, visualize: bool
+    layout: OutputLayout,
+    item: WorkItem,
+    image: np.ndarray,
+    result: LabelResult,
+    save_cams: bool,
+    visualize: bool,
+    writing: list[Path],
 ) -> None:
     if save_cams:
         arrays: dict[str, np.ndarray] = {
@@ -286,9 +294,12 @@ def _write_image_files(
         }
         if result.confidence is not None:
             arrays["confidence"] = result.confidence.astype(np.float16)
+        writing.append(layout.cams(item))
         write_npz(layout.cams(item), **arrays)
     if visualize:
+        writing.append(layout.visual(item))
         save_visualization(layout.visual(item), image, result.mask, result.refined, item.names, item.labels)
+    writing.append(layout.mask(item))
     save_mask(layout.mask(item), result.mask)
 
 

@@ -148,6 +148,29 @@ def test_a_named_pipe_fails_alone_and_the_run_ends(tmp_path: Path, golden_weight
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["00.png", "01.png", "02.png"]
 
 
+def test_load_rgb_refuses_a_named_pipe_without_blocking(tmp_path: Path) -> None:
+    import threading
+
+    from clipseg_cli.data.images import load_rgb
+    from clipseg_cli.errors import ImageError
+
+    os.mkfifo(tmp_path / "pipe.png")
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            load_rgb(tmp_path / "pipe.png")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)  # opening a pipe blocks: never join it unbounded
+    thread.start()
+    thread.join(timeout=20)
+    assert outcome, "load_rgb blocked on a named pipe"
+    assert isinstance(outcome[0], ImageError) and str(outcome[0]) == "not a regular file (a named pipe)"
+
+
 # -- 2. Ctrl-C while the worker pool starts ------------------------------------------------------
 
 
@@ -171,6 +194,60 @@ def test_ctrl_c_while_the_pool_starts_exits_130_in_one_line(tmp_path: Path, gold
     assert len(_error_lines(text)) == 1 and "interrupted" in _error_lines(text)[0]
     assert _no_partial_files(out)
     assert _poll(lambda: not list(short_tmp.iterdir()), 10), list(short_tmp.iterdir())  # no /tmp/pymp-*
+
+
+def test_a_real_sigint_is_acted_on_at_a_safe_point_and_the_handler_restored() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clipseg_cli.labeling import WorkItem
+    from clipseg_cli.scale.scheduler import Pipeline
+
+    def finish(item: WorkItem, *_args: object) -> dict:
+        time.sleep(0.05)
+        return {"seconds": {"cam": 0.0, "crf": 0.0, "total": 0.0}}
+
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C, mid-run
+    previous = signal.getsignal(signal.SIGINT)
+    pipeline = Pipeline(lambda: ThreadPoolExecutor(2), lambda item: item, lambda item, prepared: (), finish,
+                        prefetch=2, window=2)  # fmt: skip
+    outcomes: list = []
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run([WorkItem(f"{i}.png", (0,), ("cat",)) for i in range(400)], outcomes.append)
+    finally:
+        timer.cancel()
+    assert 0 < len(outcomes) < 400 and not any(o.error for o in outcomes)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_draining_after_ctrl_c_is_bounded(monkeypatch) -> None:  # noqa: ANN001
+    from concurrent.futures import ThreadPoolExecutor
+
+    import clipseg_cli.scale.scheduler as scheduler
+    from clipseg_cli.labeling import WorkItem
+
+    monkeypatch.setattr(scheduler, "DRAIN_SECONDS", 0.5)
+    calls, aborted = [], []
+
+    def model(item: WorkItem, prepared: object) -> tuple:
+        calls.append(item)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return ()
+
+    def finish(item: WorkItem) -> dict:
+        time.sleep(5)  # a finish that will not end in time
+        return {"seconds": {"cam": 0.0, "crf": 0.0, "total": 0.0}}
+
+    pipeline = scheduler.Pipeline(lambda: ThreadPoolExecutor(2), lambda item: item, model, finish, prefetch=1,
+                                  window=2, on_abort=lambda: aborted.append(1))  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run([WorkItem(f"{i}.png", (0,), ("cat",)) for i in range(5)], lambda outcome: None)
+    assert time.monotonic() - started < 4.5  # not the 5 s the finish takes
+    assert aborted == [1]
 
 
 # -- 3. kill -9 of the main process ----------------------------------------------------------------
@@ -273,7 +350,6 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_dead_ones_lock_taken_over
 
 
 def test_the_lock_is_per_folder_and_released(tmp_path: Path) -> None:
-    from clipseg_cli.errors import OutputBusyError
 
     with output_lock(tmp_path / "a"):
         with output_lock(tmp_path / "b"):  # another folder: free
@@ -285,11 +361,11 @@ def test_the_lock_is_per_folder_and_released(tmp_path: Path) -> None:
     with output_lock(tmp_path / "a"):  # released
         pass
     assert not (tmp_path / "a").exists()  # made for the lock, left empty: removed again
-    with pytest.raises(OutputBusyError):
-        with output_lock(tmp_path / "c"):
-            # flock locks are per open file: a second take in this process is refused too
-            with output_lock(tmp_path / "c"):
-                pass
+    with output_lock(tmp_path / "c"):
+        with output_lock(tmp_path / "c"):  # re-entrant in one process (reproduce runs label)
+            pass
+        assert (tmp_path / "c" / LOCK_NAME).read_text().strip() == str(os.getpid())  # still held
+    assert not (tmp_path / "c").exists()
 
 
 # -- 6. an --out that cannot be written to ---------------------------------------------------------
@@ -383,7 +459,7 @@ def test_disk_full_mid_run_with_workers_on_a_real_small_file_system(
         assert proc.returncode == 2, text
         assert "Traceback" not in text
         errors = _error_lines(text)
-        assert len(errors) == 1 and f"cannot write to {out}: No space left on device" in errors[0], text
+        assert len(errors) == 1 and f"cannot write to {out}: No space left on device (" in errors[0], text
         masks = sorted((out / "masks").glob("*.png"))
         assert 0 < len(masks) < 10
         for mask in masks:  # every finished file is whole
@@ -480,6 +556,30 @@ def test_max_pixels_option(tmp_path: Path, cli, golden_weights: Path) -> None:
     assert [e["image"] for e in summary["images"]] == ["01.png"]  # 1600 pixels
     bad = cli(images, "--labels", labels, "--out", tmp_path / "o2", "--weights", golden_weights, "--max-pixels", "0")
     assert bad.exit_code == 2 and "--max-pixels must be between 1 and 800000000" in bad.output
+
+
+# -- 9. samples deeper than 16 bits ---------------------------------------------------------------------
+
+
+def test_a_32_bit_integer_tiff_is_stretched_by_its_range_not_white(tmp_path: Path) -> None:
+    from clipseg_cli.data.images import load_rgb
+
+    values = np.array([[100_000, 350_000, 600_000], [850_000, 1_100_000, 1_350_000]], dtype=np.int32)
+    Image.fromarray(values).save(tmp_path / "deep.tif")
+    assert Image.open(tmp_path / "deep.tif").mode == "I"
+    rgb = load_rgb(tmp_path / "deep.tif")
+    # (v - 100000) / 1250000 * 255, rounded: 0, 51, 102, 153, 204, 255
+    assert rgb[..., 0].tolist() == [[0, 51, 102], [153, 204, 255]]
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+
+
+def test_float_samples_above_255_and_below_0_are_stretched(tmp_path: Path) -> None:
+    from clipseg_cli.data.images import load_rgb
+
+    Image.fromarray(np.array([[-10.0, 40.0, 990.0]], dtype=np.float32)).save(tmp_path / "f.tif")
+    assert load_rgb(tmp_path / "f.tif")[0, :, 0].tolist() == [0, 13, 255]  # 50/1000*255 = 12.75
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "unit.tif")
+    assert load_rgb(tmp_path / "unit.tif")[0, :, 0].tolist() == [0, 128, 255]  # 0..1 keeps its meaning
 
 
 # -- 10. --backbone files that are not weights --------------------------------------------------------

@@ -359,7 +359,7 @@ def _auto_labels(
         message = rerun_conflict(layout.root, old if isinstance(old, dict) else None, run_settings, LABEL_DECISIVE)
         if message:
             raise ConfigError(message)
-    found = find_images(images, exclude=layout.root)
+    found = find_images(images, exclude=layout.folders())
     if only is not None:
         listed = set(only)
         found = [rel for rel in found if image_stem(rel) in listed]

@@ -111,4 +111,4 @@ def build_with_progress(out: Path, **options: Any) -> BuildResult:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "report", handle_errors(holds_output()(report)))
+    command(app, "report", handle_errors(holds_output(create=False)(report)))

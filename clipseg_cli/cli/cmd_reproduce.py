@@ -11,6 +11,7 @@ from rich.table import Table
 from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.cmd_label import CrfBackend
 from clipseg_cli.cli.console import console, handle_errors
+from clipseg_cli.io.lock import holds_output
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED
 
@@ -50,6 +51,7 @@ def reproduce(
 
 
 @handle_errors
+@holds_output()
 def _run(
     dataset_name: str, root: Path, out: Path, split: str, weights: Optional[Path], device: str,
     gt: Optional[Path], mu: float, workers: Optional[int], crf_backend: str = "auto",

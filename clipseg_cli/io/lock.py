@@ -6,7 +6,9 @@ lock of a dead run is simply taken over; the file holds the owner's process id, 
 line a second run prints. Taking it is also the check that the folder can be written to, made
 before anything is loaded: a file in the way, a read-only file system or a full disk is a
 ``ConfigError`` naming the folder. The lock file is removed at the end (and the folder too,
-if it was made here and nothing else was written into it).
+if it was made here and nothing else was written into it). Within one process the lock is
+re-entrant: a command that runs another one on its folder (``reproduce`` runs ``label``)
+holds it once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any, Callable, Iterator, TypeVar
 from clipseg_cli.errors import ConfigError, OutputBusyError
 
 LOCK_NAME = ".wsss-label.lock"
+
+_held: dict[Path, int] = {}  # folders this process holds -> how many holders
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,14 +102,24 @@ def _write_owner(fd: int, folder: Path, option: str) -> None:
 def output_lock(folder: str | os.PathLike[str], option: str = "--out") -> Iterator[Path]:
     """Hold ``folder`` for this process (see the module); yields the folder."""
     folder = Path(folder)
+    key = folder.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield folder
+        finally:
+            _held[key] -= 1
+        return
     created = _make_folder(folder, option)
     path = folder / LOCK_NAME
     fd = -1
     try:
         fd = _acquire(path, folder, option)
         _write_owner(fd, folder, option)
+        _held[key] = 1
         yield folder
     finally:
+        _held.pop(key, None)
         if fd >= 0:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -115,11 +129,12 @@ def output_lock(folder: str | os.PathLike[str], option: str = "--out") -> Iterat
                 folder.rmdir()  # only if empty: nothing was written
 
 
-def holds_output(parameter: str = "out", option: str = "--out") -> Callable[[F], F]:
+def holds_output(parameter: str = "out", option: str = "--out", create: bool = True) -> Callable[[F], F]:
     """Decorate a command body so it runs holding ``output_lock`` on its argument ``parameter``.
 
     The lock is taken before the body runs (so before any model is loaded); a ``None``
-    argument (no output folder) takes none.
+    argument (no output folder) takes none, and neither does a missing folder with
+    ``create=False`` (a command that reads the folder says that it is missing).
     """
 
     def decorate(func: F) -> F:
@@ -130,7 +145,7 @@ def holds_output(parameter: str = "out", option: str = "--out") -> Callable[[F],
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             folder = bound.arguments.get(parameter)
-            if folder is None:
+            if folder is None or (not create and not Path(folder).is_dir()):
                 return func(*args, **kwargs)
             with output_lock(Path(folder), option):
                 return func(*args, **kwargs)
