@@ -20,8 +20,8 @@ from clipseg_cli.cam.pipeline import CLIPESPredictor, LabelResult
 from clipseg_cli.data.classes import ClassSet
 from clipseg_cli.data.image_list import image_stem
 from clipseg_cli.data.images import IMAGE_EXTENSIONS, find_images, load_rgb, special_file_reason
-from clipseg_cli.data.limits import DEFAULT_MAX_PIXELS
 from clipseg_cli.data.labels import LabelIndex
+from clipseg_cli.data.limits import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ConfigError, ImageError, OutputWriteError, WsssError
 from clipseg_cli.io.atomic import final_name, is_storage_failure, remove_stale_parts, write_json, write_npz
 from clipseg_cli.io.masks import IGNORE_LABEL, save_mask
@@ -157,9 +157,7 @@ def make_plan(
             continue
         twin = by_stem.get(key)  # "x" unused: the image x.jpg took its labels from "x.jpg"
         if twin is not None and posixpath.splitext(key)[1] == "":
-            raise ConfigError(
-                f"{labels.source}: {key!r} and {labels.key_for(twin)!r} both name image {twin}; keep one entry"
-            )
+            raise ConfigError(f"{labels.source}: {key!r} and {labels.key_for(twin)!r} both name image {twin}; keep one entry")
         resolve_labels(names, class_set, key)
         path = images_root / key
         if path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS:

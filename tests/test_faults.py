@@ -319,9 +319,7 @@ def test_a_local_ray_session_folder_is_removed_after_shutdown(tmp_path: Path) ->
 _HOLD = "import sys, time\nfrom clipseg_cli.io.lock import output_lock\nwith output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
 
 
-def test_a_second_run_on_the_same_out_is_refused_and_a_dead_ones_lock_taken_over(
-    tmp_path: Path, cli, golden_weights: Path
-) -> None:
+def test_a_second_run_on_the_same_out_is_refused_and_a_dead_ones_lock_taken_over(tmp_path: Path, cli, golden_weights: Path) -> None:
     images, labels = _dataset(tmp_path, 2)
     out = tmp_path / "out"
     (out / "cams").mkdir(parents=True)
@@ -333,8 +331,7 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_dead_ones_lock_taken_over
         result = cli(images, "--labels", labels, "--out", out, "--weights", golden_weights, "--workers", "0")
         assert result.exit_code == 2, result.output
         assert _error_lines(result.output) == [
-            f"error: {out} is in use by another wsss-label run (process {holder.pid}); "
-            "wait for it to finish or choose another --out"
+            f"error: {out} is in use by another wsss-label run (process {holder.pid}); wait for it to finish or choose another --out"
         ]
         assert part.exists()  # the second run cleaned up nothing of the first one's
         holder.kill()  # dies holding the lock: its file (with its pid) stays behind
@@ -411,9 +408,7 @@ def test_full_disk_at_start_fails_before_loading(tmp_path: Path, cli) -> None:
     assert _error_lines(result.output) == [f"error: cannot write to --out folder {mounted / 'out'}: No space left on device"]
 
 
-def test_disk_full_mid_run_stops_keeps_finished_files_and_records_it(
-    tmp_path: Path, cli, golden_weights: Path, monkeypatch
-) -> None:  # noqa: ANN001
+def test_disk_full_mid_run_stops_keeps_finished_files_and_records_it(tmp_path: Path, cli, golden_weights: Path, monkeypatch) -> None:  # noqa: ANN001
     import clipseg_cli.labeling as labeling
 
     images, labels = _dataset(tmp_path, 5)
@@ -440,9 +435,7 @@ def test_disk_full_mid_run_stops_keeps_finished_files_and_records_it(
     assert summary["failed"] == [{"image": "02.png", "reason": line.removeprefix("error: ")}]
 
 
-def test_disk_full_mid_run_with_workers_on_a_real_small_file_system(
-    tmp_path: Path, golden_weights: Path, short_tmp: Path
-) -> None:
+def test_disk_full_mid_run_with_workers_on_a_real_small_file_system(tmp_path: Path, golden_weights: Path, short_tmp: Path) -> None:
     images, labels = _dataset(tmp_path, 10)
     with _small_fs(tmp_path / "small", "160k") as mounted:
         if mounted is None:

@@ -12,8 +12,8 @@ from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.console import console, handle_errors, warn
 from clipseg_cli.cli.progress import Progress, echo, failure_line
 from clipseg_cli.data.limits import DEFAULT_MAX_PIXELS, PILLOW_PIXEL_LIMIT
-from clipseg_cli.io.lock import holds_output
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+from clipseg_cli.io.lock import holds_output
 
 if TYPE_CHECKING:
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
@@ -105,7 +105,8 @@ def label(
     device: str = cv.device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Scale larger images down to this long side first (0: never)."),
     max_pixels: int = typer.Option(
-        DEFAULT_MAX_PIXELS, "--max-pixels",
+        DEFAULT_MAX_PIXELS,
+        "--max-pixels",
         help="Refuse (fail) larger images before decoding them: outputs are full-size, memory grows with the pixels.",
     ),
     overwrite: bool = cv.overwrite_option(),

@@ -11,9 +11,9 @@ from rich.table import Table
 from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.cmd_label import CrfBackend
 from clipseg_cli.cli.console import console, handle_errors
-from clipseg_cli.io.lock import holds_output
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import EXIT_OK, EXIT_SOME_FAILED
+from clipseg_cli.io.lock import holds_output
 
 DatasetName = Literal["voc", "coco"]
 TABLE_MD = "reproduce.md"

@@ -72,8 +72,7 @@ def _acquire(path: Path, folder: Path, option: str) -> int:
             owner = _owner(fd)
             os.close(fd)
             raise OutputBusyError(
-                f"{folder} is in use by another wsss-label run ({owner}); "
-                f"wait for it to finish or choose another {option}"
+                f"{folder} is in use by another wsss-label run ({owner}); wait for it to finish or choose another {option}"
             ) from None
         except OSError as exc:  # a file system without locks
             os.close(fd)

@@ -18,7 +18,7 @@ def _first_sentence(text: str) -> str:
     match = re.match(r"(.+?[.!?])(\s|$)", line)
     sentence = match.group(1) if match else line
     if len(sentence) > _MAX_REASON:
-        sentence = sentence[: _MAX_REASON].rsplit(" ", 1)[0] + " ..."
+        sentence = sentence[:_MAX_REASON].rsplit(" ", 1)[0] + " ..."
     return sentence
 
 

@@ -60,9 +60,7 @@ def mask_key(mask: np.ndarray, labels: Sequence[int], names: Sequence[str]) -> l
     return entries  # type: ignore[return-value]
 
 
-def compose(
-    image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None
-) -> np.ndarray:
+def compose(image: np.ndarray, mask: np.ndarray, cams: np.ndarray, names: Sequence[str], labels: Sequence[int] | None = None) -> np.ndarray:
     """The picture; with ``labels`` (class indices, in the order of ``names``) a colour key under it.
 
     Image, mask and CAMs are scaled to the tile height first, so a large image costs no
