@@ -174,16 +174,18 @@ def test_load_rgb_refuses_a_named_pipe_without_blocking(tmp_path: Path) -> None:
 # -- 2. Ctrl-C while the worker pool starts ------------------------------------------------------
 
 
-def test_ctrl_c_while_the_pool_starts_exits_130_in_one_line(tmp_path: Path, golden_weights: Path, short_tmp: Path) -> None:
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_ctrl_c_while_the_pool_starts_exits_130_in_one_line(tmp_path: Path, golden_weights: Path, short_tmp: Path, delay: float) -> None:
     images, labels = _dataset(tmp_path, 6)
     out = tmp_path / "out"
     proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2"), cwd=ROOT,
                             env={**os.environ, "TMPDIR": str(short_tmp)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
     try:
-        # The moment the fork server exists (it is still importing torch, no worker yet).
+        # From the moment the fork server exists (it is still importing torch, no worker yet).
         started = _poll(lambda: any(b"forkserver" in _cmdline(c) for c in _children(proc.pid)), 120, step=0.005)
         assert started, "the worker pool never started"
+        time.sleep(delay)  # the fork server imports torch, then forks the workers
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
         _, err = proc.communicate(timeout=60)
     finally:
