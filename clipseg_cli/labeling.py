@@ -261,7 +261,21 @@ def write_image_outputs(
     """
     writing: list[Path] = []  # the file being written, for the message
     try:
-        _write_image_files(layout, item, image, result, save_cams, visualize, writing)
+        if save_cams:
+            arrays: dict[str, np.ndarray] = {
+                "labels": np.asarray(item.labels, dtype=np.int64),
+                "cam": result.cam.astype(np.float32, copy=False),
+                "refined": result.refined.astype(np.float32, copy=False),
+            }
+            if result.confidence is not None:
+                arrays["confidence"] = result.confidence.astype(np.float16)
+            writing.append(layout.cams(item))
+            write_npz(layout.cams(item), **arrays)
+        if visualize:
+            writing.append(layout.visual(item))
+            save_visualization(layout.visual(item), image, result.mask, result.refined, item.names, item.labels)
+        writing.append(layout.mask(item))
+        save_mask(layout.mask(item), result.mask)
     except OSError as exc:
         if is_storage_failure(exc):
             raise OutputWriteError(storage_message(layout.root, exc, writing[-1] if writing else None)) from None
@@ -273,32 +287,6 @@ def storage_message(root: Path, exc: OSError, dest: Path | None = None) -> str:
     name = final_name(exc.filename) if exc.filename else dest
     where = f" ({name})" if name else ""
     return f"cannot write to {root}: {exc.strerror or exc}{where}"
-
-
-def _write_image_files(
-    layout: OutputLayout,
-    item: WorkItem,
-    image: np.ndarray,
-    result: LabelResult,
-    save_cams: bool,
-    visualize: bool,
-    writing: list[Path],
-) -> None:
-    if save_cams:
-        arrays: dict[str, np.ndarray] = {
-            "labels": np.asarray(item.labels, dtype=np.int64),
-            "cam": result.cam.astype(np.float32, copy=False),
-            "refined": result.refined.astype(np.float32, copy=False),
-        }
-        if result.confidence is not None:
-            arrays["confidence"] = result.confidence.astype(np.float16)
-        writing.append(layout.cams(item))
-        write_npz(layout.cams(item), **arrays)
-    if visualize:
-        writing.append(layout.visual(item))
-        save_visualization(layout.visual(item), image, result.mask, result.refined, item.names, item.labels)
-    writing.append(layout.mask(item))
-    save_mask(layout.mask(item), result.mask)
 
 
 # An engine labels the given images and calls ``record`` once per image, in any order and
