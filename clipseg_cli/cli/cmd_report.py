@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -12,7 +13,7 @@ from clipseg_cli.cli.console import console, handle_errors, warn
 from clipseg_cli.cli.conventions import command
 from clipseg_cli.cli.progress import Progress
 from clipseg_cli.errors import ConfigError
-from clipseg_cli.io.lock import holds_output
+from clipseg_cli.io.lock import output_lock
 
 if TYPE_CHECKING:
     from clipseg_cli.report.builder import BuildResult
@@ -62,7 +63,10 @@ def report(
         raise ConfigError(f"--port must be 0..65535, not {port}")
     if port and not serve:
         raise ConfigError("--port needs --serve")
-    result = build_with_progress(out, gt=gt, sort=sort.value, limit=limit, images=images, workers=workers)
+    # The folder's lock while building (never from a folder a run is writing); not while serving,
+    # so a `label --redo` of the marked images can run beside the server.
+    with output_lock(out) if out.is_dir() else contextlib.nullcontext():
+        result = build_with_progress(out, gt=gt, sort=sort.value, limit=limit, images=images, workers=workers)
     shown = f"{result.n_shown} of {result.n_images}" if result.n_shown != result.n_images else f"{result.n_images}"
     console.print(
         f"report: {result.index} ({shown} images; thumbnails: {result.rendered} rendered, "
@@ -111,4 +115,4 @@ def build_with_progress(out: Path, **options: Any) -> BuildResult:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "report", handle_errors(holds_output(create=False)(report)))
+    command(app, "report", handle_errors(report))

@@ -128,12 +128,11 @@ def output_lock(folder: str | os.PathLike[str], option: str = "--out") -> Iterat
                 folder.rmdir()  # only if empty: nothing was written
 
 
-def holds_output(parameter: str = "out", option: str = "--out", create: bool = True) -> Callable[[F], F]:
+def holds_output(parameter: str = "out", option: str = "--out") -> Callable[[F], F]:
     """Decorate a command body so it runs holding ``output_lock`` on its argument ``parameter``.
 
     The lock is taken before the body runs (so before any model is loaded); a ``None``
-    argument (no output folder) takes none, and neither does a missing folder with
-    ``create=False`` (a command that reads the folder says that it is missing).
+    argument (no output folder) takes none.
     """
 
     def decorate(func: F) -> F:
@@ -144,7 +143,7 @@ def holds_output(parameter: str = "out", option: str = "--out", create: bool = T
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             folder = bound.arguments.get(parameter)
-            if folder is None or (not create and not Path(folder).is_dir()):
+            if folder is None:
                 return func(*args, **kwargs)
             with output_lock(Path(folder), option):
                 return func(*args, **kwargs)
