@@ -109,7 +109,9 @@ def test_renamed_options_keep_working_with_a_warning() -> None:
     dalnet = root.commands["train-cam"].commands["dalnet"]
     assert dalnet._rename(["--warmup=20", "--", "--warmup"]) == ["--warmup-iters=20", "--", "--warmup"]
     label = root.commands["label"]
-    assert label._rename(["--batch", "4"]) == ["--batch", "4"]  # label has no --batch-size: nothing to map
+    assert label._rename(["--batch", "4"]) == ["--batch-size", "4"]  # label has --batch-size too (issue 15)
+    report = root.commands["report"]
+    assert report._rename(["--batch", "4"]) == ["--batch", "4"]  # no --batch-size: nothing to map
 
 
 def test_refine_warmup_iterations_and_the_old_fraction() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_cli.cam.gradcam import AutogradSoftmaxGradCAM, FusedSoftmaxGradCAM, run_frozen_blocks
+from clipseg_cli.cam.gradcam import AutogradSoftmaxGradCAM, FusedSoftmaxGradCAM, Targets, run_frozen_blocks
 from clipseg_cli.clip.loading import build_clip
 from tests.conftest import random_clip_state
 
@@ -24,8 +24,9 @@ def test_fused_channel_weights_equal_autograd(model, size: tuple[int, int], targ
     image = torch.randn(1, 3, *size)
     texts = torch.nn.functional.normalize(torch.randn(9, 48), dim=-1)
     frozen = run_frozen_blocks(model.visual, image)
-    a_ref, w_ref, att_ref = AutogradSoftmaxGradCAM().channel_weights(model.visual, frozen, texts, model.logit_scale, targets)
-    a, w, att = FusedSoftmaxGradCAM().channel_weights(model.visual, frozen, texts, model.logit_scale, targets)
+    channels = Targets.single(texts, targets)
+    a_ref, w_ref, att_ref = AutogradSoftmaxGradCAM().channel_weights(model.visual, frozen, channels, model.logit_scale)
+    a, w, att = FusedSoftmaxGradCAM().channel_weights(model.visual, frozen, channels, model.logit_scale)
     torch.testing.assert_close(a, a_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(att, att_ref, atol=1e-6, rtol=1e-5)
     scale = w_ref.abs().max()
@@ -38,9 +39,11 @@ def test_fused_cams_equal_autograd_cams(model) -> None:
     image = torch.randn(1, 3, 80, 96)
     texts = torch.nn.functional.normalize(torch.randn(6, 48), dim=-1)
     frozen = run_frozen_blocks(model.visual, image)
-    ref, _ = AutogradSoftmaxGradCAM()(model.visual, frozen, texts, model.logit_scale, [0, 1])
-    ours, _ = FusedSoftmaxGradCAM()(model.visual, frozen, texts, model.logit_scale, [0, 1])
+    channels = Targets.single(texts, [0, 1])
+    ref, _ = AutogradSoftmaxGradCAM()(model.visual, frozen, channels, model.logit_scale)
+    ours, _ = FusedSoftmaxGradCAM()(model.visual, frozen, channels, model.logit_scale)
     assert ours.shape == (2, 5, 6)
+    ref, ours = ref.numpy(), ours.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4)
     peaks = ours.max(axis=(1, 2))
     assert (np.isclose(peaks, 1.0, atol=1e-5) | (peaks == 0)).all() and peaks.max() > 0.99  # min-max normalised

@@ -6,6 +6,7 @@ runner only adds files, resuming and reporting around it.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -14,11 +15,11 @@ import cv2
 import numpy as np
 import torch
 
-from clipseg_cli.cam.caa import affinity_from_attention, refine_cams
-from clipseg_cli.cam.gradcam import AutogradSoftmaxGradCAM, FusedSoftmaxGradCAM, run_frozen_blocks
+from clipseg_cli.cam.caa import affinity_from_attention, channel_slots, refine_grid_cams
+from clipseg_cli.cam.gradcam import AutogradSoftmaxGradCAM, FusedSoftmaxGradCAM, Targets, run_frozen_blocks
 from clipseg_cli.cam.normalize import resize_maps
-from clipseg_cli.cam.preprocess import limit_side, to_clip_tensor
-from clipseg_cli.clip.model import CLIP
+from clipseg_cli.cam.preprocess import limit_side, normalize_pixels, resize_to_patches
+from clipseg_cli.clip.model import CLIP, LayerNorm, ResidualAttentionBlock, VisionTransformer
 from clipseg_cli.clip.text import TextEncoder
 from clipseg_cli.data.classes import ClassSet
 from clipseg_cli.postprocess.crf import CRFParams, dense_crf
@@ -28,6 +29,8 @@ SynonymMode = Literal["sentence", "feature", "cam"]
 SYNONYM_MODES = ("sentence", "feature", "cam")
 GRADCAM_IMPLEMENTATIONS = {"fused": FusedSoftmaxGradCAM, "autograd": AutogradSoftmaxGradCAM}
 DEFAULT_TEMPLATE = "a clean origami {}."
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class CLIPESSettings:
     crf_params: CRFParams = field(default_factory=CRFParams)
     crf_backend: str = "pydensecrf"  # or "torch" (postprocess.crf.resolve_crf_backend)
     crf_device: str = "cpu"  # where the torch backend runs
+    precision: Precision = "fp32"  # of the frozen blocks; Grad-CAM's last block and CAA stay float32
 
 
 @dataclass
@@ -56,6 +60,40 @@ class LabelResult:
     seconds: dict[str, float]
 
 
+@dataclass
+class GridMaps:
+    """A batch's maps on the patch grid, on the model's device; the channels of all images stacked."""
+
+    cams: torch.Tensor  # (K, h', w') float32
+    refined: torch.Tensor  # (K, h', w') float32
+    counts: list[int]  # channels (labels) of each image, in order
+
+    def per_image(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(cams, refined) of each image: views, no copy."""
+        return list(zip(self.cams.split(self.counts), self.refined.split(self.counts)))
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; through pinned memory without waiting on a GPU."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def reduced_precision_blocks(visual: VisionTransformer, precision: str) -> list[ResidualAttentionBlock] | None:
+    """A copy of the frozen blocks (all but the last) in ``precision``, LayerNorms kept float32; None for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    blocks = copy.deepcopy(visual.blocks[:-1])
+    for module in blocks.modules():
+        if not isinstance(module, LayerNorm):
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(PRECISIONS[precision])
+    return list(blocks)
+
+
 class CLIPESPredictor:
     def __init__(self, model: CLIP, class_set: ClassSet, settings: CLIPESSettings) -> None:
         self.model = model
@@ -63,6 +101,7 @@ class CLIPESPredictor:
         self.settings = settings
         self.text = TextEncoder(model, settings.templates)
         self.gradcam = GRADCAM_IMPLEMENTATIONS[settings.gradcam]()
+        self.frozen_blocks = reduced_precision_blocks(model.visual, settings.precision)
 
     @property
     def device(self) -> torch.device:
@@ -76,40 +115,115 @@ class CLIPESPredictor:
 
     def text_set(self, labels: Sequence[int]) -> tuple[torch.Tensor, list[list[int]]]:
         """Features of [the image's labels, in order] + [the background set], and per label its rows."""
-        mode = self.settings.synonyms
-        if mode == "feature":
-            fg = self.text.encode_groups([self.class_set.synonyms[c] for c in labels])
-            rows = [[i] for i in range(len(labels))]
-        else:
-            groups = self._class_groups(labels)
-            fg = self.text.encode([t for g in groups for t in g])
-            rows, start = [], 0
-            for g in groups:
-                rows.append(list(range(start, start + len(g))))
-                start += len(g)
-        bg = self.text.encode(list(self.class_set.background))
-        return torch.cat([fg, bg]), rows
+        targets, fused_into = self.targets([labels])
+        rows: list[list[int]] = [[] for _ in labels]
+        into = range(len(targets)) if fused_into is None else fused_into.tolist()
+        for label, row in zip(into, targets.index.tolist()):
+            rows[label].append(row)
+        return targets.texts, rows
 
-    def grid_cams(self, tensor: torch.Tensor, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(K, h', w') CAMs and CAA-refined CAMs on the patch grid, from a ``to_clip_tensor`` input."""
+    def targets(self, labels_per_image: Sequence[Sequence[int]]) -> tuple[Targets, torch.Tensor | None]:
+        """The batch's Grad-CAM channels, and for synonyms=cam the label each channel is fused into.
+
+        Texts: each image's softmax runs over [its labels' texts, in order] + [the background
+        set], as if it were alone; texts shared between images are encoded once.
+        """
+        mode = self.settings.synonyms
+        rows: dict[tuple, int] = {}
+        specs: list[tuple[str, tuple[str, ...]]] = []  # ("name", (text,)) or ("group", synonyms)
+
+        def row(key: tuple, spec: tuple[str, tuple[str, ...]]) -> int:
+            if key not in rows:
+                rows[key] = len(specs)
+                specs.append(spec)
+            return rows[key]
+
+        member_rows, index, owner, fused_into = [], [], [], []
+        label_number = 0  # over the whole batch
+        for b, labels in enumerate(labels_per_image):
+            seen: dict[tuple, int] = {}
+            mine = []
+            for c in labels:
+                if mode == "feature":
+                    texts = [("group", tuple(self.class_set.synonyms[c]))]
+                else:
+                    texts = [("name", (t,)) for t in self._class_groups([c])[0]]
+                for j, spec in enumerate(texts):
+                    key = ("fg", c, j)
+                    seen[key] = seen.get(key, -1) + 1  # a repeated label keeps its own row, as alone
+                    r = row((*key, seen[key]), spec)
+                    mine.append(r)
+                    index.append(r)
+                    owner.append(b)
+                    fused_into.append(label_number)
+                label_number += 1
+            mine += [row(("bg", i), ("name", (t,))) for i, t in enumerate(self.class_set.background)]
+            member_rows.append(mine)
+        features = self._features(specs, labels_per_image)
+        member = torch.zeros(len(labels_per_image), len(specs), dtype=torch.bool)
+        for b, mine in enumerate(member_rows):
+            member[b, mine] = True
+        device = self.device
+        targets = Targets(
+            texts=features,
+            member=to_device(member, device),
+            owner=to_device(torch.tensor(owner, dtype=torch.long), device),
+            index=to_device(torch.tensor(index, dtype=torch.long), device),
+        )
+        fused = to_device(torch.tensor(fused_into, dtype=torch.long), device) if mode == "cam" else None
+        return targets, fused
+
+    def _features(self, specs: list[tuple[str, tuple[str, ...]]], labels_per_image: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Features of the text rows. Names are encoded image by image, labels then background,
+        as one image alone asks for them: the text tower's rounding depends on what is encoded
+        together, and the first encoding of a name is kept."""
+        mode = self.settings.synonyms
+        for labels in labels_per_image:
+            if mode == "feature":
+                self.text.encode_groups([self.class_set.synonyms[c] for c in labels])
+            else:
+                self.text.encode([t for g in self._class_groups(labels) for t in g])
+            self.text.encode(list(self.class_set.background))
+        if not specs:
+            return self.text.encode([])
+        names = [texts[0] for kind, texts in specs if kind == "name"]
+        groups = [texts for kind, texts in specs if kind == "group"]
+        by_name = dict(zip(names, self.text.encode(names))) if names else {}
+        by_group = dict(zip(groups, self.text.encode_groups(groups))) if groups else {}
+        return torch.stack([by_name[t[0]] if kind == "name" else by_group[t] for kind, t in specs])
+
+    def grid_maps(self, images: torch.Tensor, labels_per_image: Sequence[Sequence[int]]) -> GridMaps:
+        """CAMs and CAA-refined CAMs on the patch grid for a batch of CLIP inputs (B, 3, h, w) of one size."""
+        visual = self.model.visual
         with torch.inference_mode(False):
-            frozen = run_frozen_blocks(self.model.visual, tensor.to(self.device))
-            features, rows = self.text_set(labels)
-            targets = [r for group in rows for r in group]
-            cams, last_attention = self.gradcam(self.model.visual, frozen, features, self.model.logit_scale, targets)
-        if self.settings.synonyms == "cam":
-            offsets = np.cumsum([0] + [len(g) for g in rows])
-            cams = np.stack([cams[a:b].max(axis=0) for a, b in zip(offsets[:-1], offsets[1:])])
+            frozen = run_frozen_blocks(visual, images.to(self.device), blocks=self.frozen_blocks)
+            targets, fused_into = self.targets(labels_per_image)
+            cams, last_attention = self.gradcam(visual, frozen, targets, self.model.logit_scale)
+        counts = [len(labels) for labels in labels_per_image]
+        if fused_into is not None:  # synonyms=cam: a label's CAM is the max over its synonyms'
+            fused = cams.new_zeros(sum(counts), *cams.shape[1:])
+            cams = fused.scatter_reduce_(0, fused_into[:, None, None].expand_as(cams), cams, "amax", include_self=False)
         mean_attention = (frozen.attention_sum + last_attention) / (frozen.attention_count + 1)
         affinity = affinity_from_attention(mean_attention)
-        refined = refine_cams(affinity, cams, self.settings.lam)
-        return cams, refined
+        owner, slot = channel_slots(counts)
+        refined = refine_grid_cams(
+            affinity, cams, self.settings.lam,
+            to_device(torch.tensor(owner, dtype=torch.long), self.device),
+            to_device(torch.tensor(slot, dtype=torch.long), self.device),
+            max(counts, default=0),
+        )  # fmt: skip
+        return GridMaps(cams, refined, counts)
+
+    def grid_cams(self, tensor: torch.Tensor, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(K, h', w') CAMs and CAA-refined CAMs on the patch grid of one image, from a (1, 3, h, w) CLIP input."""
+        maps = self.grid_maps(tensor, [labels])
+        return maps.cams.cpu().numpy(), maps.refined.cpu().numpy()
 
     def predict(self, image: np.ndarray, labels: Sequence[int]) -> LabelResult:
         """CAM, CAA and (optionally) CRF for one RGB uint8 image of any size."""
         start = time.perf_counter()
         prepared = prepare(image, self.settings, self.model.visual.patch_size)
-        grid_cam, grid_refined = self.grid_cams(torch.from_numpy(prepared.tensor), labels)
+        grid_cam, grid_refined = self.grid_cams(prepared.clip_input(), labels)
         result = finish(prepared, grid_cam, grid_refined, labels, self.settings)
         result.seconds["cam"] += time.perf_counter() - start - result.seconds["total"]
         result.seconds["total"] = time.perf_counter() - start
@@ -122,13 +236,17 @@ class PreparedImage:
 
     image: np.ndarray  # (H, W, 3) uint8, original size
     work: np.ndarray  # (h, w, 3) uint8, at most max_side
-    tensor: np.ndarray  # (1, 3, h16, w16) float32, CLIP-normalised
+    pixels: np.ndarray  # (h16, w16, 3) uint8: ``work`` resized to multiples of the patch size
+
+    def clip_input(self) -> torch.Tensor:
+        """(1, 3, h16, w16) float32, CLIP-normalised (``to_clip_tensor`` of ``work``)."""
+        return normalize_pixels(torch.from_numpy(self.pixels)[None])
 
 
 def prepare(image: np.ndarray, settings: CLIPESSettings, patch: int = 16) -> PreparedImage:
     """CPU-only preprocessing (no model), so it can run in a worker process."""
     work = limit_side(image, settings.max_side)
-    return PreparedImage(image, work, to_clip_tensor(work, patch).numpy())
+    return PreparedImage(image, work, resize_to_patches(work, patch))
 
 
 def finish(

@@ -24,14 +24,29 @@ def limit_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
         return image
     scale = max_side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    return np.array(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))  # writable
+
+
+def resize_to_patches(image: np.ndarray, patch: int = 16) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (h, w, 3) uint8, h and w multiples of ``patch`` (Pillow bicubic)."""
+    height, width = padded_size(image.shape[0], image.shape[1], patch)
+    return np.array(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))  # writable
+
+
+_MEAN_STD: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device, made once
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, 3) uint8 on any device -> (B, 3, h, w) float32 with CLIP's mean and std."""
+    arr = pixels.permute(0, 3, 1, 2).float() / 255.0
+    if pixels.device not in _MEAN_STD:
+        _MEAN_STD[pixels.device] = tuple(  # type: ignore[assignment]
+            torch.tensor(v).view(3, 1, 1).to(pixels.device) for v in (CLIP_MEAN, CLIP_STD)
+        )
+    mean, std = _MEAN_STD[pixels.device]
+    return (arr - mean) / std
 
 
 def to_clip_tensor(image: np.ndarray, patch: int = 16) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, h, w) float32 normalised, h and w multiples of ``patch``."""
-    height, width = padded_size(image.shape[0], image.shape[1], patch)
-    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC)
-    arr = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return ((arr - mean) / std).unsqueeze(0)
+    return normalize_pixels(torch.from_numpy(resize_to_patches(image, patch))[None])

@@ -27,6 +27,7 @@ BACKENDS = ("local", "ray")
 Backend = Literal["local", "ray"]
 Synonyms = Literal["sentence", "feature", "cam"]  # cam.pipeline.SYNONYM_MODES
 CrfBackend = Literal["auto", "pydensecrf", "torch"]  # postprocess.crf.CRF_BACKEND_CHOICES
+Precision = Literal["fp32", "bf16", "fp16"]  # cam.pipeline.PRECISIONS
 RedoMark = Literal["rejected", "fix"]  # relabel.REDO_MARKS
 
 
@@ -63,7 +64,11 @@ def _check_template_lengths(templates: list[str], class_set: ClassSet) -> None:
             raise ConfigError(f"--template {template!r} is too long: {problem}")
 
 
-def _check_scale(workers: Optional[int], backend: str, ray_address: Optional[str]) -> None:
+def _check_scale(workers: Optional[int], backend: str, ray_address: Optional[str], batch_size: Optional[int] = None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size is not None and backend == "ray":
+        raise ConfigError("--batch-size is for --backend local; each Ray task labels its images one at a time")
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be 0 (everything in this process) or more, got {workers}")
     if backend not in BACKENDS:
@@ -148,6 +153,15 @@ def label(
     review: Optional[Path] = cv.review_option(
         "With --redo: the review file (default: OUT/review.json, written by `wsss-label report OUT`)."
     ),
+    batch_size: Optional[int] = typer.Option(
+        None,
+        "--batch-size",
+        help="Images of one padded size through the model together (fewer when larger than 512x512). "
+        "Default: 16 on a GPU, 1 on the CPU. On a GPU, resizing, the torch CRF and label maps run there too.",
+    ),
+    precision: Precision = typer.Option(
+        "fp32", "--precision", help="Precision of the frozen ViT blocks (Grad-CAM's last block and CAA stay fp32)."
+    ),
 ) -> None:
     """Make CLIP-ES pseudo masks for a folder of images with image-level labels."""
     raise typer.Exit(
@@ -179,6 +193,8 @@ def label(
             label_threshold=label_threshold,
             image_list=image_list,
             max_pixels=max_pixels,
+            batch_size=batch_size,
+            precision=precision,
         )
     )
 
@@ -192,7 +208,7 @@ def _run(
     workers: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None, report: bool = False,
     crf_backend: str = "auto", redo: Optional[str] = None, review: Optional[Path] = None,
     label_threshold: Optional[float] = None, image_list: Optional[Path] = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: Optional[int] = None, precision: str = "fp32",
 ) -> int:  # fmt: skip
     from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
     from clipseg_cli.cli.common import load_resolved_clip, resolve_clip_weights
@@ -218,7 +234,7 @@ def _run(
     lam = class_set.lam if lam is None else lam
     _check_settings(template, lam, mu, max_side, synonyms, max_pixels)
     _check_template_lengths(template, class_set)
-    _check_scale(workers, backend, ray_address)
+    _check_scale(workers, backend, ray_address, batch_size)
     _check_redo(redo, review, overwrite)
     if backend == "ray":
         from clipseg_cli.scale.ray_backend import check_reachable, cluster_address, import_ray
@@ -251,6 +267,7 @@ def _run(
         "crf": crf,
         "crf_backend": crf_backend,
         "crf_device": crf_device,
+        "precision": precision,
         "max_side": max_side,
         "device": str(torch_device) if backend == "local" else device,
         "weights": {"path": str(resolved.path), "sha256": resolved.sha256},
@@ -264,6 +281,7 @@ def _run(
         max_side=max_side or None,  # type: ignore[arg-type]
         crf_backend=crf_backend,
         crf_device=crf_device,
+        precision=precision,  # type: ignore[arg-type]
     )
     predictor = None
     auto_entries: dict[str, dict] = {}
@@ -298,7 +316,7 @@ def _run(
         console.print(f"resuming: {len(plan.done)} image(s) already have masks (use --overwrite to redo them)")
     if relabelled:
         console.print(f"{len(relabelled)} finished image(s) have other labels now and are redone (e.g. {relabelled[0].rel})")
-    engine, description = _engine(job, plan, workers, backend, ray_address, resolved.path, class_set, settings, device)
+    engine, description = _engine(job, plan, workers, backend, ray_address, resolved.path, class_set, settings, device, batch_size)
     for entry in plan.failed:
         echo(failure_line(entry["image"], entry["reason"]), style="red")
     with Progress() as progress:
@@ -450,7 +468,7 @@ def _relative_to(images: Path, out: Path) -> str | None:
 
 def _engine(
     job: LabelJob, plan: Plan, workers: Optional[int], backend: str, ray_address: Optional[str],
-    weights: Path, class_set: ClassSet, settings: CLIPESSettings, device: str,
+    weights: Path, class_set: ClassSet, settings: CLIPESSettings, device: str, batch_size: Optional[int] = None,
 ) -> tuple[Optional[Engine], str]:  # fmt: skip
     """The engine that does the images (None: serial, in this process) and the progress bar's text."""
     if not plan.todo:
@@ -473,6 +491,17 @@ def _engine(
     from clipseg_cli.scale import default_workers
 
     n = default_workers(len(plan.todo)) if workers is None else workers
+    assert job.predictor is not None  # local with images to do: the model is loaded
+    model_device = job.predictor.device
+    if batch_size is None:
+        from clipseg_cli.scale.batched import default_batch_size
+
+        batch_size = default_batch_size(model_device)
+    if batch_size > 1 or model_device.type == "cuda":
+        from clipseg_cli.scale.batched import batched_engine
+
+        workers_text = f", {n} worker{'s' if n > 1 else ''}" if n else ""
+        return batched_engine(job, n, batch_size), f"labelling (batches of {batch_size}{workers_text})"
     if n == 0:
         return None, "labelling"
     from clipseg_cli.scale.workers import worker_engine

@@ -90,13 +90,14 @@ class MultiheadSelfAttention(nn.Module):
         q, k, v = (t.reshape(batch, tokens, self.heads, head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
         if need_weights:
             # One head at a time: never more than one (tokens x tokens) map per head in memory.
-            outs, weights = [], torch.zeros(batch, tokens, tokens, dtype=x.dtype, device=x.device)
+            # The softmax and the averaged maps are float32 whatever the weights' precision.
+            outs, weights = [], torch.zeros(batch, tokens, tokens, dtype=torch.float32, device=x.device)
             for h in range(self.heads):
                 scores = (q[:, h] * head_dim**-0.5) @ k[:, h].transpose(-2, -1)
                 if mask is not None:
                     scores = scores + mask
-                probs = scores.softmax(dim=-1)
-                outs.append(probs @ v[:, h])
+                probs = scores.softmax(dim=-1, dtype=torch.float32)
+                outs.append(probs.to(v.dtype) @ v[:, h])
                 weights = weights + probs
             out = torch.stack(outs, dim=1)
             weights = weights / self.heads

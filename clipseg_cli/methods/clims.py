@@ -476,7 +476,7 @@ class ClimsPredictor:
         tensor = to_clip_tensor(image, visual.patch_size).to(self.device)
         frozen = run_frozen_blocks(visual, tensor)
         _, last = visual.blocks[-1](frozen.tokens, need_weights=True)
-        affinity = affinity_from_attention((frozen.attention_sum + last[0].float()) / (frozen.attention_count + 1))
+        affinity = affinity_from_attention((frozen.attention_sum[0] + last[0].float()) / (frozen.attention_count + 1))
         height, width = image.shape[:2]
         grid = F.interpolate(torch.from_numpy(cams)[None], size=frozen.grid, mode="area")[0].numpy()
         refined = refine_cams(affinity, grid, self.caa_lam)

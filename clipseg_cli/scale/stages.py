@@ -24,7 +24,7 @@ from clipseg_cli.data.images import load_rgb
 from clipseg_cli.labeling import OutputLayout, WorkItem, image_figures, write_image_outputs
 from clipseg_cli.scale.lifeline import watch_lifeline
 
-_NO_TENSOR = np.empty((0,), np.float32)
+_NO_PIXELS = np.empty((0, 0, 3), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,16 @@ _spec: StageSpec | None = None
 WORKER_NICENESS = 10
 
 
+def set_spec(spec: StageSpec) -> None:
+    """The spec the stages of this process use (``init_worker`` in a worker; the main process runs them inline)."""
+    global _spec
+    _spec = spec
+
+
 def init_worker(spec: StageSpec, lifeline: Any = None) -> None:
     """Pool initializer: keep the spec; exit with the main process (``lifeline``, see
     ``scale.lifeline``); Ctrl-C is the main process's to handle; one thread each."""
-    global _spec
-    _spec = spec
+    set_spec(spec)
     if lifeline is not None:
         watch_lifeline(lifeline)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -81,7 +86,7 @@ def prepare_stage(item: WorkItem) -> tuple[PreparedImage, float]:
 
 def for_finish(prepared: PreparedImage) -> PreparedImage:
     """The prepared image without its model input (what ``finish`` needs, lighter to send)."""
-    return dataclasses.replace(prepared, tensor=_NO_TENSOR)
+    return dataclasses.replace(prepared, pixels=_NO_PIXELS)
 
 
 def finish_stage(item: WorkItem, prepared: PreparedImage, grid_cam: np.ndarray, grid_refined: np.ndarray, cam_seconds: float) -> dict:

@@ -14,8 +14,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
-import torch
-
 from clipseg_cli.cam.pipeline import CLIPESPredictor, PreparedImage
 from clipseg_cli.io.atomic import remove_stale_parts
 from clipseg_cli.labeling import Engine, LabelJob, Record, WorkItem
@@ -46,7 +44,7 @@ def model_stage(predictor: CLIPESPredictor):
     def run(item: WorkItem, prepared_and_seconds: tuple[PreparedImage, float]) -> tuple:
         prepared, prepare_seconds = prepared_and_seconds
         start = time.perf_counter()
-        grid_cam, grid_refined = predictor.grid_cams(torch.from_numpy(prepared.tensor), item.labels)
+        grid_cam, grid_refined = predictor.grid_cams(prepared.clip_input(), item.labels)
         cam_seconds = prepare_seconds + time.perf_counter() - start
         return stages.for_finish(prepared), grid_cam, grid_refined, cam_seconds
 
