@@ -118,8 +118,7 @@ def run_case(name: str, images: Path, labels: Path, weights: Path, out: Path, ar
 
 def floor(images: Path, weights: Path, args: argparse.Namespace) -> dict:
     """A plain no-grad forward (embed + all blocks) of the same batches, inputs on the device."""
-    from clipseg_cli.cam.pipeline import PRECISIONS, prepare
-    from clipseg_cli.cam.pipeline import CLIPESSettings
+    from clipseg_cli.cam.pipeline import PRECISIONS, CLIPESSettings, prepare
     from clipseg_cli.clip.loading import load_clip
     from clipseg_cli.data.images import load_rgb
     from clipseg_cli.device import resolve_device

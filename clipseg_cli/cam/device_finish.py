@@ -45,9 +45,7 @@ def resize_nearest(label_map: torch.Tensor, height: int, width: int) -> torch.Te
     return label_map.index_select(0, ys).index_select(1, xs)
 
 
-def label_map_torch(
-    scores: torch.Tensor, lut: torch.Tensor, min_confidence: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def label_map_torch(scores: torch.Tensor, lut: torch.Tensor, min_confidence: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``postprocess.labelmap.label_map`` on a device: (mask uint8 (H, W), confidence float32 (H, W))."""
     confidence, best = scores.max(dim=0)
     mask = lut[best]
@@ -155,9 +153,7 @@ class HostCopy:
         return [None if t is None else t.numpy() for t in self._host]
 
 
-def pydensecrf_on_tensors(
-    images: Sequence[torch.Tensor], probs: Sequence[torch.Tensor], params: CRFParams
-) -> list[torch.Tensor]:
+def pydensecrf_on_tensors(images: Sequence[torch.Tensor], probs: Sequence[torch.Tensor], params: CRFParams) -> list[torch.Tensor]:
     """The CPU CRF behind the batch tensor interface (copies to the host and back): for tests and fallbacks."""
     from clipseg_cli.postprocess.crf import dense_crf
 

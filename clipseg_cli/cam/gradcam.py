@@ -243,10 +243,7 @@ class FusedSoftmaxGradCAM(SoftmaxGradCAM):
 
         # The label-dependent backward, in chunks of channels so memory stays bounded.
         per_chunk = max(1, BACKWARD_CHUNK_ELEMENTS // (n_tokens * max(4 * width, n_tokens)))
-        weights = [
-            self._backward(visual, saved, targets.chunk(s, s + per_chunk), logit_scale)
-            for s in range(0, len(targets), per_chunk)
-        ]
+        weights = [self._backward(visual, saved, targets.chunk(s, s + per_chunk), logit_scale) for s in range(0, len(targets), per_chunk)]
         weights = torch.cat(weights) if weights else x.new_zeros(0, width)
         return a[:, 1:], weights, mean_attention
 

@@ -177,9 +177,7 @@ class BatchRunner:
                 )
                 for item, (prep, _) in zip(items, prepared)
             ]
-            finished = finish_on_device(
-                images, maps.per_image(), crf, settings.crf_params, settings.mu, self.keep_maps
-            )
+            finished = finish_on_device(images, maps.per_image(), crf, settings.crf_params, settings.mu, self.keep_maps)
             for done in finished:
                 outputs += [done.mask, done.confidence, done.cam, done.refined]
             per_image = 4
@@ -188,9 +186,7 @@ class BatchRunner:
                 outputs += [cam, refined]
             per_image = 2
         timer.mark()
-        return Launched(
-            items, [p for p, _ in prepared], [s for _, s in prepared], HostCopy(outputs), timer, per_image
-        )
+        return Launched(items, [p for p, _ in prepared], [s for _, s in prepared], HostCopy(outputs), timer, per_image)
 
     def collect(self, launched: Launched) -> list[tuple]:
         """Wait for a launched batch; per image, the arguments of ``finish_stage`` after its item."""
@@ -373,9 +369,7 @@ def device_finish_crf(predictor: CLIPESPredictor) -> tuple[bool, BatchCRF | None
     return True, dense_crf_torch_batch
 
 
-def batched_engine(
-    job: LabelJob, workers: int, batch_size: int, device_finish: bool | None = None, crf: BatchCRF | None = None
-) -> Engine:
+def batched_engine(job: LabelJob, workers: int, batch_size: int, device_finish: bool | None = None, crf: BatchCRF | None = None) -> Engine:
     """An engine for ``LabelJob.run`` that runs the model on batches (``workers`` 0: no worker processes).
 
     ``device_finish`` None: decided by ``device_finish_crf``; True on a CPU model runs the
@@ -405,9 +399,7 @@ def batched_engine(
         if workers == 0:
             stages.set_spec(spec)
             return InlineExecutor()
-        return ProcessPoolExecutor(
-            max_workers=workers, mp_context=mp_context(), initializer=stages.init_worker, initargs=(spec,)
-        )
+        return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), initializer=stages.init_worker, initargs=(spec,))
 
     def engine(items: Sequence[WorkItem], record: Record) -> None:
         prefetch, window = windows(workers, batch_size)
