@@ -153,11 +153,10 @@ def label(
     review: Optional[Path] = cv.review_option(
         "With --redo: the review file (default: OUT/review.json, written by `wsss-label report OUT`)."
     ),
-    batch_size: Optional[int] = typer.Option(
+    batch_size: Optional[int] = cv.batch_size_option(
         None,
-        "--batch-size",
-        help="Images of one padded size through the model together (fewer when larger than 512x512). "
-        "Default: 16 on a GPU, 1 on the CPU. On a GPU, resizing, the torch CRF and label maps run there too.",
+        " Default: 16 on a GPU, 1 on the CPU. On a GPU, resizing, the torch CRF and label maps run there too.",
+        what="Images of one padded size through the model together (fewer when larger than 512x512).",
     ),
     precision: Precision = typer.Option(
         "fp32", "--precision", help="Precision of the frozen ViT blocks (Grad-CAM's last block and CAA stay fp32)."

@@ -262,8 +262,8 @@ def iters_option(default: int | None, extra: str = "") -> Any:
     return typer.Option(default, "--iters", help=f"Training iterations.{extra}")
 
 
-def batch_size_option(default: int, extra: str = "") -> Any:
-    return typer.Option(default, "--batch-size", help=f"Images per training iteration.{extra}")
+def batch_size_option(default: int | None, extra: str = "", what: str = "Images per training iteration.") -> Any:
+    return typer.Option(default, "--batch-size", help=f"{what}{extra}")
 
 
 def warmup_iters_option(default: int | None, extra: str = "") -> Any:
