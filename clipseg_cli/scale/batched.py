@@ -16,13 +16,18 @@ The device is never waited for per label or per image: a batch is launched, the 
 batch's copies are collected, and only then does the host block. Files, run.json entries and
 per-image seconds have the same layout as the other engines (seconds of a batch are shared
 equally by its images).
+
+Ctrl-C, a worker that dies, a full disk and the worker processes' lifeline are handled as in
+``scheduler.Pipeline``, whose seam for batching ``BatchPipeline`` fills in: after Ctrl-C the
+batches already on the device are finished (within the drain's 10 s), after a full disk they
+are dropped.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -51,8 +56,8 @@ from clipseg_cli.labeling import (
     write_image_outputs,
 )
 from clipseg_cli.scale import stages
-from clipseg_cli.scale.scheduler import Pipeline
-from clipseg_cli.scale.workers import mp_context
+from clipseg_cli.scale.scheduler import FAILED, Pipeline
+from clipseg_cli.scale.workers import process_pool, stage_spec
 
 DEFAULT_CUDA_BATCH = 16
 REFERENCE_TOKENS = 1 + 32 * 32  # a 512x512 input: --batch-size counts images of about this size
@@ -223,9 +228,11 @@ class InlineExecutor(Executor):
 class BatchPipeline(Pipeline):
     """``scheduler.Pipeline`` whose model stage takes groups of prepared images of one padded size.
 
-    The look-ahead is the prefetch window: a group runs when it is full, or when every image
-    in the window is prepared (then the oldest image's group runs, full or not), so no image
-    waits for more than one window. Launched batches are collected one batch later.
+    It overrides the pipeline's seam for batching (``_busy``, ``_model_step``, ``_drain_model``)
+    and keeps its loop, Ctrl-C handling, pool restarts and stopping errors. The look-ahead is
+    the prefetch window: a group runs when it is full, or when every image in the window is
+    prepared (then the oldest image's group runs, full or not), so no image waits for more
+    than one window. Launched batches are collected one batch later.
     """
 
     def __init__(
@@ -253,21 +260,33 @@ class BatchPipeline(Pipeline):
     def _no_single_model(item: WorkItem, prepared: Any) -> tuple:
         raise AssertionError("BatchPipeline runs the model on groups")
 
-    def _loop(self, record: Record) -> None:
-        while self._pending or self._prep or self._fin or self._launched:
-            self._harvest(record)
-            self._fill()
-            group = self._next_group(record) if len(self._fin) < self.window else None
-            if group:
-                self._launch(group, record)
-                while len(self._launched) > 1:  # keep one batch queued on the device
-                    self._collect(record)
-            elif self._launched:
+    # -- the seam of scheduler.Pipeline ------------------------------------------------------
+
+    def _busy(self) -> bool:
+        return super()._busy() or bool(self._launched)
+
+    def _model_step(self, record: Record) -> None:
+        group = self._next_group(record) if len(self._fin) < self.window else None
+        if group:
+            self._launch(group, record)
+            while len(self._launched) > 1:  # keep one batch queued on the device
                 self._collect(record)
-            elif len(self._fin) < self.window and (waiting := [f for _, f in self._prep if not f.done()]):
-                self._wait_and_harvest(record, waiting[0])
-            elif self._fin:
-                self._wait_and_harvest(record)
+        elif self._launched:
+            self._collect(record)
+        elif len(self._fin) < self.window and (waiting := [f for _, f in self._prep if not f.done()]):
+            self._wait_and_harvest(record, waiting[0])
+        elif self._fin:
+            self._wait_and_harvest(record)
+
+    def _drain_model(self, record: Record, stop_now: Callable[[], bool]) -> None:
+        """After Ctrl-C the batches the device already has are collected and finished like the
+        images being written (within the drain's time; after a second Ctrl-C no more). After
+        a stopping error (the disk is full) they are dropped: nothing more is written."""
+        while self._launched and self._fatal is None and not stop_now():
+            self._collect(record)
+        self._launched.clear()
+
+    # -- groups ------------------------------------------------------------------------------
 
     def _next_group(self, record: Record) -> list[tuple[WorkItem, Any]] | None:
         """The next batch to run from the prepared images, or None (wait for more)."""
@@ -276,16 +295,15 @@ class BatchPipeline(Pipeline):
             if not future.done():
                 continue
             try:
-                prepared = future.result()
+                prepared = self._prepared(item, future, record)
             except BrokenExecutor:
                 self._restart(record)
                 return None
-            except IMAGE_FAILURES as exc:
+            if prepared is FAILED:
                 self._prep.remove((item, future))
-                record(Outcome.failure(item, exc))
                 continue
             ready.setdefault(batch_key(prepared[0]), []).append((item, prepared))
-        if not ready:
+        if not ready or self._fatal is not None:
             return None
         head_item, head_future = self._prep[0]
         keys = list(ready)
@@ -313,7 +331,8 @@ class BatchPipeline(Pipeline):
         self._in_model += len(items)
         self._note_in_flight()
         try:
-            self._launched.append((items, self.runner.launch(items, [prepared for _, prepared in group])))
+            with self._interruptible():
+                handle = self.runner.launch(items, [prepared for _, prepared in group])
         except IMAGE_FAILURES as exc:
             self._in_model -= len(items)
             if len(group) == 1:
@@ -323,6 +342,8 @@ class BatchPipeline(Pipeline):
                 self._launch([one], record)
                 while self._launched:
                     self._collect(record)
+            return
+        self._launched.append((items, handle))
 
     def _collect(self, record: Record) -> None:
         items, launched = self._launched.popleft()
@@ -334,20 +355,13 @@ class BatchPipeline(Pipeline):
                 record(Outcome.failure(item, exc))
             return
         for item, args in zip(items, per_image):
-            self._fin[self._submit(self.finish, item, *args)] = (item, args)
+            if self._fatal is not None:
+                break  # the run is stopping (the disk is full): nothing more is written
+            future = self._submit(self.finish, item, *args)
+            self._fin[future] = (item, args)
+            if future.done():  # ran here (--workers 0): its stopping error is seen before the next write
+                self._harvest(record)
         self._note_in_flight()
-
-    def _drain(self, record: Record) -> None:
-        """After Ctrl-C: nothing new starts; batches the device already has are collected and
-        finished like the images being written (a second Ctrl-C stops everything at once)."""
-        try:
-            while self._launched:
-                self._collect(record)
-        except KeyboardInterrupt:
-            self._launched.clear()
-            self._terminate()
-            raise
-        super()._drain(record)
 
 
 def windows(workers: int, batch_size: int) -> tuple[int, int]:
@@ -385,21 +399,14 @@ def batched_engine(job: LabelJob, workers: int, batch_size: int, device_finish: 
     elif device_finish and crf is None:
         crf = pydensecrf_on_tensors
     patch = predictor.model.visual.patch_size
-    spec = stages.StageSpec(
-        images_root=job.images_root,
-        layout=job.layout,
-        settings=predictor.settings,
-        patch=patch,
-        save_cams=job.save_cams,
-        visualize=job.visualize,
-    )
+    spec = stage_spec(job, predictor)
     runner = BatchRunner(predictor, device_finish, crf, keep_maps=job.save_cams or job.visualize)
 
     def make_executor() -> Executor:
         if workers == 0:
             stages.set_spec(spec)
             return InlineExecutor()
-        return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), initializer=stages.init_worker, initargs=(spec,))
+        return process_pool(workers, spec)
 
     def engine(items: Sequence[WorkItem], record: Record) -> None:
         prefetch, window = windows(workers, batch_size)

@@ -33,13 +33,14 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, wait
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from clipseg_cli.labeling import IMAGE_FAILURES, Outcome, Record, WorkItem
 
 MAX_POOL_BREAKS = 2
 DRAIN_SECONDS = 10.0  # after Ctrl-C, how long the images being finished get
 POLL_SECONDS = 0.1  # how often waiting looks for Ctrl-C
+FAILED = object()  # ``Pipeline._prepared``: the image failed (recorded), nothing to run
 
 PrepareFn = Callable[[WorkItem], Any]  # runs in the pool
 ModelFn = Callable[[WorkItem, Any], tuple]  # runs here: prepared -> finish arguments
@@ -137,20 +138,38 @@ class Pipeline:
             self._ctrl_c.check()  # pressed while the idle pool shut down: still an interrupt
 
     def _loop(self, record: Record) -> None:
-        while self._pending or self._prep or self._fin:
+        while self._busy():
             self._checkpoint()
             self._harvest(record)
             self._fill()
-            if self._prep and len(self._fin) < self.window:
-                item, future = self._prep[0]
-                if not future.done():
-                    self._wait_and_harvest(record, future)
-                    continue
-                self._prep.popleft()
-                self._run_model(item, future, record)
-            elif self._fin:
-                self._wait_and_harvest(record)
+            self._model_step(record)
         self._checkpoint()
+
+    # -- the seam for batching (scale.batched.BatchPipeline overrides these three) ------------
+    #
+    # ``_busy``: anything left to do; ``_model_step``: one move of the model stage, run or wait
+    # (a short while: Ctrl-C is looked for between moves); ``_drain_model``: after Ctrl-C or a
+    # stopping error, what the model stage still holds. A subclass runs its model calls inside
+    # ``_interruptible()`` and gets prepared images through ``_prepared``, so Ctrl-C, a broken
+    # pool and a stage's stopping error are handled as here.
+
+    def _busy(self) -> bool:
+        return bool(self._pending or self._prep or self._fin)
+
+    def _model_step(self, record: Record) -> None:
+        """The oldest prepared image through the model, or wait for it or for a finish."""
+        if self._prep and len(self._fin) < self.window:
+            item, future = self._prep[0]
+            if not future.done():
+                self._wait_and_harvest(record, future)
+                return
+            self._prep.popleft()
+            self._run_model(item, future, record)
+        elif self._fin:
+            self._wait_and_harvest(record)
+
+    def _drain_model(self, record: Record, stop_now: Callable[[], bool]) -> None:
+        """After Ctrl-C: the image in the model was interrupted, nothing is left to finish here."""
 
     def _checkpoint(self) -> None:
         """A safe point: act on Ctrl-C, or on a stage's error that stops the run."""
@@ -166,32 +185,49 @@ class Pipeline:
 
     def _run_model(self, item: WorkItem, future: Future, record: Record) -> None:
         try:
-            prepared = future.result()
+            prepared = self._prepared(item, future, record)
         except BrokenExecutor:
             self._prep.appendleft((item, future))
             self._restart(record)
             return
-        except IMAGE_FAILURES as exc:
-            record(Outcome.failure(item, exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - not this image's problem: the run stops
-            self._stop(item, exc, record)
+        if prepared is FAILED:
             return
         self._in_model = 1
         self._note_in_flight()
         try:
-            self._ctrl_c.raise_now = True
-            self._ctrl_c.check()
-            args = self.model(item, prepared)
+            with self._interruptible():
+                args = self.model(item, prepared)
         except IMAGE_FAILURES as exc:
             record(Outcome.failure(item, exc))
             return
         finally:
-            self._ctrl_c.raise_now = False
             self._in_model = 0
             del prepared
         self._fin[self._submit(self.finish, item, *args)] = (item, args)
         self._note_in_flight()
+
+    def _prepared(self, item: WorkItem, future: Future, record: Record) -> Any:
+        """A done prepare task's result, or ``FAILED`` once its failure is recorded (or the run
+        is stopping); BrokenExecutor goes on to the caller, which restarts the pool."""
+        try:
+            return future.result()
+        except BrokenExecutor:
+            raise
+        except IMAGE_FAILURES as exc:
+            record(Outcome.failure(item, exc))
+        except Exception as exc:  # noqa: BLE001 - not this image's problem: the run stops
+            self._stop(item, exc, record)
+        return FAILED
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """Around model calls (this module's caller's code): Ctrl-C interrupts them at once."""
+        self._ctrl_c.raise_now = True
+        try:
+            self._ctrl_c.check()
+            yield
+        finally:
+            self._ctrl_c.raise_now = False
 
     def _stop(self, item: WorkItem, exc: BaseException, record: Record) -> None:
         record(Outcome.failure(item, exc))
@@ -291,9 +327,14 @@ class Pipeline:
         self._prep.clear()
         presses = self._ctrl_c.count
         deadline = time.monotonic() + DRAIN_SECONDS
+
+        def stop_now() -> bool:
+            return self._ctrl_c.count > presses or time.monotonic() > deadline
+
         try:
+            self._drain_model(record, stop_now)
             while self._fin:
-                if self._ctrl_c.count > presses or time.monotonic() > deadline:
+                if stop_now():
                     self._abort()
                     return
                 self._wait_and_harvest(record, restart=False)

@@ -51,14 +51,9 @@ def model_stage(predictor: CLIPESPredictor):
     return run
 
 
-def worker_engine(job: LabelJob, workers: int) -> Engine:
-    """An engine for ``LabelJob.run`` that overlaps the model with ``workers`` processes."""
-    if workers < 1:
-        raise ValueError("worker_engine needs at least one worker")
-    predictor = job.predictor
-    if predictor is None:
-        raise ValueError("worker_engine runs the model here: the job needs a predictor")
-    spec = stages.StageSpec(
+def stage_spec(job: LabelJob, predictor: CLIPESPredictor) -> stages.StageSpec:
+    """What the worker stages need of a job (the model stays here)."""
+    return stages.StageSpec(
         images_root=job.images_root,
         layout=job.layout,
         settings=predictor.settings,
@@ -68,14 +63,30 @@ def worker_engine(job: LabelJob, workers: int) -> Engine:
         max_pixels=job.max_pixels,
     )
 
+
+def process_pool(workers: int, spec: stages.StageSpec) -> ProcessPoolExecutor:
+    """``workers`` processes that run the stages with ``spec``, never see Ctrl-C and exit with
+    this process (``scale.lifeline``). Every engine with worker processes starts them here."""
+    context = mp_context()
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=stages.init_worker,
+        initargs=(spec, lifeline.lifeline_end()),
+    )
+
+
+def worker_engine(job: LabelJob, workers: int) -> Engine:
+    """An engine for ``LabelJob.run`` that overlaps the model with ``workers`` processes."""
+    if workers < 1:
+        raise ValueError("worker_engine needs at least one worker")
+    predictor = job.predictor
+    if predictor is None:
+        raise ValueError("worker_engine runs the model here: the job needs a predictor")
+    spec = stage_spec(job, predictor)
+
     def make_executor() -> ProcessPoolExecutor:
-        context = mp_context()
-        return ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=stages.init_worker,
-            initargs=(spec, lifeline.lifeline_end()),
-        )
+        return process_pool(workers, spec)
 
     def engine(items: Sequence[WorkItem], record: Record) -> None:
         prefetch, window = windows(workers)
