@@ -128,21 +128,28 @@ def _error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error:")]
 
 
+# The two local engines with worker processes: one image at a time through the model, and
+# batches (scale.batched, --batch-size > 1); each guarantee below holds for both.
+ENGINES = pytest.mark.parametrize("engine", [(), ("--batch-size", "4")], ids=["plain", "batches"])
+
+
 # -- 1. a named pipe among the images ------------------------------------------------------------
 
 
-def test_a_named_pipe_fails_alone_and_the_run_ends(tmp_path: Path, golden_weights: Path) -> None:
+@ENGINES
+def test_a_named_pipe_fails_alone_and_the_run_ends(tmp_path: Path, golden_weights: Path, engine: tuple[str, ...]) -> None:
     images, labels = _dataset(tmp_path, 3)
     os.mkfifo(images / "b.jpg")
     labels = write_labels(tmp_path / "labels.json", {n: ["cat"] for n in ["00.png", "01.png", "02.png", "b.jpg"]})
     out = tmp_path / "out"
-    proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2"), cwd=ROOT,
+    proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2", *engine), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
     try:
         _, err = proc.communicate(timeout=240)
     finally:
         _kill_group(proc)
     assert proc.returncode == 1, err.decode()
+    assert (b"labelling (batches of 4" in err) == bool(engine)
     summary = json.loads((out / "run.json").read_text())
     assert summary["failed"] == [{"image": "b.jpg", "reason": "not a regular file (a named pipe)"}]
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["00.png", "01.png", "02.png"]
@@ -252,13 +259,50 @@ def test_draining_after_ctrl_c_is_bounded(monkeypatch) -> None:  # noqa: ANN001
     assert aborted == [1]
 
 
+def test_ctrl_c_mid_run_with_batches_and_workers_exits_130_and_the_workers_go(tmp_path: Path, golden_weights: Path,
+                                                                              short_tmp: Path) -> None:  # fmt: skip
+    """The batched engine (--batch-size 4, 2 workers), Ctrl-C once masks are being written: exit
+    130 in one line, every mask on disk whole and in run.json, no .part file, no process left."""
+    images, labels = _dataset(tmp_path, 24, size=(96, 128))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2", "--batch-size", "4"),
+                            cwd=ROOT, env={**os.environ, "TMPDIR": str(short_tmp)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        assert _poll(lambda: len(list((out / "masks").glob("*.png"))) >= 1, 180), "no mask was ever written"
+        family = _descendants(proc.pid)
+        servers = [p for p in _children(proc.pid) if b"forkserver" in _cmdline(p)]
+        assert servers and [w for s in servers for w in _children(s)], "no worker process found"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+        _, err = proc.communicate(timeout=60)  # the drain is bounded: 10 s, then the workers are killed
+    finally:
+        _kill_group(proc)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "labelling (batches of 4, 2 workers)" in text
+    assert "Traceback" not in text and "Aborted" not in text
+    assert len(_error_lines(text)) == 1 and "interrupted" in _error_lines(text)[0]
+    assert _poll(lambda: not any(_running(p) for p in family), 20), [p for p in family if _running(p)]
+    assert _no_partial_files(out)
+    masks = sorted(p.name for p in (out / "masks").glob("*.png"))
+    assert 1 <= len(masks) < 24
+    for mask in masks:
+        assert load_label_map(out / "masks" / mask).shape == (96, 128)
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["state"] == "interrupted" and summary["failed"] == []
+    assert sorted(e["image"] for e in summary["images"]) == masks
+    assert _poll(lambda: not list(short_tmp.iterdir()), 10), list(short_tmp.iterdir())  # no /tmp/pymp-*
+
+
 # -- 3. kill -9 of the main process ----------------------------------------------------------------
 
 
-def test_kill_9_takes_the_workers_and_their_temp_folder_along(tmp_path: Path, golden_weights: Path, short_tmp: Path) -> None:
+@ENGINES
+def test_kill_9_takes_the_workers_and_their_temp_folder_along(tmp_path: Path, golden_weights: Path, short_tmp: Path,
+                                                              engine: tuple[str, ...]) -> None:  # fmt: skip
     images, labels = _dataset(tmp_path, 24, size=(96, 128))
     out = tmp_path / "out"
-    proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2"), cwd=ROOT,
+    proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2", *engine), cwd=ROOT,
                             env={**os.environ, "TMPDIR": str(short_tmp)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
@@ -410,7 +454,9 @@ def test_full_disk_at_start_fails_before_loading(tmp_path: Path, cli) -> None:
     assert _error_lines(result.output) == [f"error: cannot write to --out folder {mounted / 'out'}: No space left on device"]
 
 
-def test_disk_full_mid_run_stops_keeps_finished_files_and_records_it(tmp_path: Path, cli, golden_weights: Path, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("engine", [(), ("--batch-size", "4")], ids=["serial", "batches"])
+def test_disk_full_mid_run_stops_keeps_finished_files_and_records_it(tmp_path: Path, cli, golden_weights: Path, monkeypatch,  # noqa: ANN001
+                                                                     engine: tuple[str, ...]) -> None:  # fmt: skip
     import clipseg_cli.labeling as labeling
 
     images, labels = _dataset(tmp_path, 5)
@@ -425,8 +471,9 @@ def test_disk_full_mid_run_stops_keeps_finished_files_and_records_it(tmp_path: P
         written.append(Path(dest).name)
 
     monkeypatch.setattr(labeling, "save_mask", save_mask)
-    result = cli(images, "--labels", labels, "--out", out, "--weights", golden_weights, "--workers", "0")
+    result = cli(images, "--labels", labels, "--out", out, "--weights", golden_weights, "--workers", "0", *engine)
     assert result.exit_code == 2, result.output
+    assert ("batches of 4" in result.output) == bool(engine)
     line = f"error: cannot write to {out}: No space left on device ({out / 'masks' / '02.png'})"
     assert _error_lines(result.output) == [line]
     assert "Traceback" not in result.output
@@ -435,15 +482,18 @@ def test_disk_full_mid_run_stops_keeps_finished_files_and_records_it(tmp_path: P
     assert summary["stopped"] == line.removeprefix("error: ")
     assert [e["image"] for e in summary["images"]] == ["00.png", "01.png"]
     assert summary["failed"] == [{"image": "02.png", "reason": line.removeprefix("error: ")}]
+    assert summary["state"] == "stopped" and not list(out.rglob("*.part"))
 
 
-def test_disk_full_mid_run_with_workers_on_a_real_small_file_system(tmp_path: Path, golden_weights: Path, short_tmp: Path) -> None:
+@ENGINES
+def test_disk_full_mid_run_with_workers_on_a_real_small_file_system(tmp_path: Path, golden_weights: Path, short_tmp: Path,
+                                                                    engine: tuple[str, ...]) -> None:  # fmt: skip
     images, labels = _dataset(tmp_path, 10)
     with _small_fs(tmp_path / "small", "160k") as mounted:
         if mounted is None:
             pytest.skip("needs root to mount a small tmpfs (the monkeypatched write error is tested above)")
         out = mounted / "out"
-        proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2", "--save-cams"),
+        proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2", "--save-cams", *engine),
                                 cwd=ROOT, env={**os.environ, "TMPDIR": str(short_tmp)}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
         try:
@@ -539,12 +589,14 @@ def test_a_huge_png_is_refused_from_its_header_without_the_memory(tmp_path: Path
     assert (out / "masks" / "00.png").exists()
 
 
-def test_max_pixels_option(tmp_path: Path, cli, golden_weights: Path) -> None:
+@pytest.mark.parametrize("engine", [(), ("--batch-size", "4")], ids=["serial", "batches"])
+def test_max_pixels_option(tmp_path: Path, cli, golden_weights: Path, engine: tuple[str, ...]) -> None:
     images, labels = _dataset(tmp_path, 2, size=(40, 50))
     make_image(images / "01.png", (40, 40), seed=1)
     result = cli(images, "--labels", labels, "--out", tmp_path / "out", "--weights", golden_weights,
-                 "--max-pixels", "1999", "--workers", "0")  # fmt: skip
+                 "--max-pixels", "1999", "--workers", "0", *engine)  # fmt: skip
     assert result.exit_code == 1, result.output
+    assert ("batches of 4" in result.output) == bool(engine)
     summary = json.loads((tmp_path / "out" / "run.json").read_text())
     assert summary["failed"] == [{"image": "00.png", "reason": "50x40 is 0.0 megapixels, above --max-pixels 1999 "
                                   "(its full-size outputs need memory in proportion); raise --max-pixels to label it"}]  # fmt: skip
