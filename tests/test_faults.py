@@ -259,24 +259,32 @@ def test_draining_after_ctrl_c_is_bounded(monkeypatch) -> None:  # noqa: ANN001
     assert aborted == [1]
 
 
-def test_ctrl_c_mid_run_with_batches_and_workers_exits_130_and_the_workers_go(tmp_path: Path, golden_weights: Path,
-                                                                              short_tmp: Path) -> None:  # fmt: skip
-    """The batched engine (--batch-size 4, 2 workers), Ctrl-C once masks are being written: exit
-    130 in one line, every mask on disk whole and in run.json, no .part file, no process left."""
+@contextlib.contextmanager
+def _writing_run(tmp_path: Path, weights: Path, short_tmp: Path, *extra: str,
+                 stderr: int = subprocess.DEVNULL) -> Iterator[tuple[subprocess.Popen, Path, list[int]]]:  # fmt: skip
+    """A label run of 24 images with 2 workers, from its first mask on: (process, --out, its processes)."""
     images, labels = _dataset(tmp_path, 24, size=(96, 128))
     out = tmp_path / "out"
-    proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2", "--batch-size", "4"),
-                            cwd=ROOT, env={**os.environ, "TMPDIR": str(short_tmp)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(_label_cmd(images, labels, out, weights, "--workers", "2", *extra), cwd=ROOT,
+                            env={**os.environ, "TMPDIR": str(short_tmp)}, stdout=subprocess.DEVNULL,
+                            stderr=stderr, start_new_session=True)  # fmt: skip
     try:
         assert _poll(lambda: len(list((out / "masks").glob("*.png"))) >= 1, 180), "no mask was ever written"
         family = _descendants(proc.pid)
         servers = [p for p in _children(proc.pid) if b"forkserver" in _cmdline(p)]
         assert servers and [w for s in servers for w in _children(s)], "no worker process found"
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
-        _, err = proc.communicate(timeout=60)  # the drain is bounded: 10 s, then the workers are killed
+        yield proc, out, family
     finally:
         _kill_group(proc)
+
+
+def test_ctrl_c_mid_run_with_batches_and_workers_exits_130_and_the_workers_go(tmp_path: Path, golden_weights: Path,
+                                                                              short_tmp: Path) -> None:  # fmt: skip
+    """The batched engine (--batch-size 4, 2 workers), Ctrl-C once masks are being written: exit
+    130 in one line, every mask on disk whole and in run.json, no .part file, no process left."""
+    with _writing_run(tmp_path, golden_weights, short_tmp, "--batch-size", "4", stderr=subprocess.PIPE) as (proc, out, family):
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+        _, err = proc.communicate(timeout=60)  # the drain is bounded: 10 s, then the workers are killed
     text = err.decode()
     assert proc.returncode == 130, text
     assert "labelling (batches of 4, 2 workers)" in text
@@ -300,16 +308,7 @@ def test_ctrl_c_mid_run_with_batches_and_workers_exits_130_and_the_workers_go(tm
 @ENGINES
 def test_kill_9_takes_the_workers_and_their_temp_folder_along(tmp_path: Path, golden_weights: Path, short_tmp: Path,
                                                               engine: tuple[str, ...]) -> None:  # fmt: skip
-    images, labels = _dataset(tmp_path, 24, size=(96, 128))
-    out = tmp_path / "out"
-    proc = subprocess.Popen(_label_cmd(images, labels, out, golden_weights, "--workers", "2", *engine), cwd=ROOT,
-                            env={**os.environ, "TMPDIR": str(short_tmp)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        assert _poll(lambda: len(list((out / "masks").glob("*.png"))) >= 1, 180), "no mask was ever written"
-        family = _descendants(proc.pid)
-        servers = [p for p in _children(proc.pid) if b"forkserver" in _cmdline(p)]
-        assert servers and [w for s in servers for w in _children(s)], "no worker process found"
+    with _writing_run(tmp_path, golden_weights, short_tmp, *engine) as (proc, out, family):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         assert _poll(lambda: not any(_running(p) for p in family), 20), [p for p in family if _running(p)]
@@ -318,8 +317,6 @@ def test_kill_9_takes_the_workers_and_their_temp_folder_along(tmp_path: Path, go
         assert sorted((out / "masks").glob("*.png")) == masks  # nobody writes any more
         assert len(masks) < 24
         assert _poll(lambda: not list(short_tmp.iterdir()), 10), list(short_tmp.iterdir())
-    finally:
-        _kill_group(proc)
 
 
 # -- 4. an unreachable Ray cluster ---------------------------------------------------------------------
