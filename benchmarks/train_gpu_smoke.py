@@ -2,7 +2,7 @@
 
 Self-contained: it writes a small synthetic dataset (coloured shapes with pseudo masks and labels)
 and random weights (a CLIP and, through it, the ViT backbones) into a temporary folder, then runs
-every registered method's training command (`retrain`, `refine train`, `train-cam clims|dalnet|vitpcm`,
+every registered method's training command (`retrain`, `refine train`, `train-cam cam|clims|dalnet|vitpcm`,
 with the method's own ``smoke_args``) through the command line in this process, and `predict` on
 each run's checkpoint.
 
@@ -65,9 +65,10 @@ def command_line(name: str, size: str, inputs: dict[str, Path], out: Path, devic
     import dataclasses as dc
 
     from clipseg_cli.methods import get_method
+    from clipseg_cli.training.config import flag_of
 
     method = get_method(name)
-    fields = {f.name for f in dc.fields(method.Config)}
+    fields = {f.name: f for f in dc.fields(method.Config)}
     images, masks, labels = str(inputs["data"] / "images"), str(inputs["data"] / "masks"), str(inputs["labels"])
     args = {
         "segmenter": ["retrain", images, masks],
@@ -75,7 +76,7 @@ def command_line(name: str, size: str, inputs: dict[str, Path], out: Path, devic
         "cam": ["train-cam", name, images, "--labels", labels],
     }[method.family]
     if "weights" in fields:
-        args += ["--weights", str(inputs["weights"])]
+        args += [flag_of(fields["weights"]), str(inputs["weights"])]
     extra = method.smoke_args[size].split()
     args += extra
     if "iters" in fields:

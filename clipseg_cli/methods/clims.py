@@ -1,31 +1,35 @@
 """CLIMS (Xie et al., CVPR 2022, section 3) as a learned CAM generator: ``wsss-label train-cam clims``.
 
-- CAM network (eq. 3): our plain-torch ResNet (torchvision key layout, output stride 16 as the
-  authors' IRN ResNet-50: layer4 not strided), a 1x1 convolution to K maps, sigmoid; no pooling.
-  BatchNorm statistics stay frozen (IRN's ``FixedBatchNorm``), so a run is a pure function of
-  (seed, iteration) and ``--resume`` is exact.
-- Text-driven evaluator: the frozen CLIP of the main command (never trained, no gradient to its
+- CAM network (eq. 3): the network of ``train-cam cam`` (:class:`clipseg_cli.methods.cam.ResNetCAM`:
+  ResNet, output stride 16, bias-free 1x1 convolution to K maps, frozen BatchNorm statistics) with
+  a sigmoid and no pooling. Like the authors, a run starts from a trained CAM network: ``--init
+  RUN/last.pt`` of ``train-cam cam`` loads backbone and classifier (a ResNet file: backbone only).
+- Text-driven evaluator: a frozen CLIP with a ViT image tower (``--clip-weights``; the authors used
+  ViT-B/32, the default here is the main command's ViT-B/16; never trained, no gradient to its
   weights, but gradients flow *through* it to the CAM). For every labelled class k of an image,
   ``X * P_k`` and ``X * (1 - P_k)`` (pixels in 0..1, both resized to CLIP's input) are encoded with
   CLIP's standard class-token image embedding (ln_post(cls) @ proj; not CLIP-ES's avg-token one);
-  text ``a photo of {}.`` per class, and the class-related background prompts of
-  ``prompts/clims-background.json`` for CBS.
+  text ``a photo of {}.`` per class; the class-related background words of CBS are the paper's
+  (section 4.3: boat and train; ``prompts/clims-background.json``) or ``--background-prompts FILE``.
 - Losses, eqs. 6-12, on cosine similarities clamped to [1e-4, 1 - 1e-4] before the log (as the
   authors' code; a cosine can be <= 0):
   OTM = -sum_k y_k log s_k^oo, BTM = -sum_k y_k log(1 - s_k^bo),
   CBS = -sum_k sum_l y_k log(1 - s_kl^ob), REG = 1/K sum_k mean_hw P_k,
   total = alpha OTM + beta BTM + gamma CBS + delta REG (10, 25, 29.5, 1.15).
-  ``reduction="mean"`` (default) divides OTM/BTM by the batch's number of positive (image, class)
-  pairs and CBS by pairs x L, as the authors' code (``.mean()``) that those weights were tuned
-  with; ``reduction="sum"`` is the equations literally, averaged over the images of the batch.
-  REG is averaged over the batch either way.
+  ``reduction="mean"`` (default) reduces as the authors' code that those weights were tuned with:
+  OTM and BTM averaged over the batch's labelled (image, class) pairs (``.mean()``), CBS averaged
+  over each pair's background prompts and *summed* over the pairs (their loop); ``reduction="sum"``
+  is the equations literally, averaged over the images of the batch. REG is averaged over the batch
+  either way.
 - Training: random rescale, pad/crop, flip (retrain's deterministic stream); SGD (momentum 0.9,
-  weight decay 1e-4; the 1x1 head at 10x lr), cosine schedule from --lr to 0.
-- Prediction: sigmoid maps averaged over scales (+ flips), upsampled to the image, each class map
-  divided by its max (IRN's ``make_cam``); the image's classes only; background = a constant
-  threshold (``bg_threshold``); probabilities renormalised to sum to 1 (so --crf applies).
-  Optionally (``options.caa``, when ``wsss-label predict`` passes it) the maps are refined by
-  CLIP-ES's CAA on the frozen CLIP's attention of the same image (:meth:`ClimsPredictor.caa`).
+  weight decay 1e-4; the 1x1 head at 10x lr), cosine schedule from --lr to 0 (the paper's words).
+- Prediction: IRN's ``make_cam`` (:class:`clipseg_cli.methods.cam.CamPredictor`) on the ReLU of the
+  class maps (not the sigmoid), as the authors' ``make_clims``; the image's classes only; background
+  = a constant threshold (``bg_threshold``). Optionally
+  (``options.caa``, when ``wsss-label predict`` passes it) the maps are refined by CLIP-ES's CAA on
+  the frozen CLIP's attention of the same image (:meth:`ClimsPredictor.caa`).
+- The paper's 70.5 mIoU is after a random-walk refinement (PSA/IRN) of these CAMs, which is not
+  part of this project; its CAMs alone score 56.6.
 """
 
 from __future__ import annotations
@@ -47,16 +51,12 @@ from clipseg_cli.data.labels import ImageLabels, saved_image_labels
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
-from clipseg_cli.methods.base import (
-    CamMethod,
-    checkpoint_clip,
-    clip_weights_record,
-    model_mismatch,
-    weights_setting,
-)
+from clipseg_cli.methods.base import CamMethod, checkpoint_clip, clip_weights_record
+from clipseg_cli.methods.cam import ARCHS, CamPredictor, ResNetCAM, load_backbone_init, rebuild
+from clipseg_cli.methods.cam import KIND as CAM_KIND
 from clipseg_cli.segmentation.augment import train_augment
 from clipseg_cli.segmentation.deeplab import IMAGENET_NORM, Normalization
-from clipseg_cli.segmentation.resnet import ResNet
+from clipseg_cli.segmentation.init_weights import read_init
 from clipseg_cli.training.config import RunConfig, setting
 from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_everything, stream_loader
 from clipseg_cli.training.run import LAST
@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 
 METHOD = "clims"
 KIND = "cam.clims"
-ARCHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 OBJECT_TEMPLATE = "a photo of {}."
 BACKGROUND_FILE = "clims-background.json"
 SIM_CLAMP = (1e-4, 1.0 - 1e-4)
@@ -80,65 +79,92 @@ OPTIONS: dict[str, Any] = {
     "beta": 25.0,  # BTM
     "gamma": 29.5,  # CBS
     "delta": 1.15,  # REG
-    "reduction": "mean",  # "mean": the authors' code; "sum": eqs. 6, 8, 10 literally (per image)
+    "reduction": "mean",  # "mean": the authors' code's reductions; "sum": eqs. 6, 8, 10 literally (per image)
     "clip_size": 0,  # CLIP input side; 0: the checkpoint's image_resolution (224 for ViT-B/16)
     "bg_threshold": 0.15,  # predict: background score against max-normalised CAMs
 }
 
 
 # -- data files ----------------------------------------------------------------------------------
-def background_prompts(class_names: Sequence[str]) -> list[list[str]]:
-    """Class-related background words per class from ``prompts/clims-background.json``
-    (a class the file does not list gets none: no CBS term for it)."""
-    data = json.loads(resources.files("clipseg_cli.prompts").joinpath(BACKGROUND_FILE).read_text(encoding="utf-8"))
-    table = {" ".join(k.lower().split()): list(v) for k, v in data["classes"].items()}
-    return [list(table.get(" ".join(n.lower().split()), [])) for n in class_names]
+def read_background_file(path: Path | None = None) -> dict[str, list[str]]:
+    """Class -> background words: ``prompts/clims-background.json`` (the paper's lists, section 4.3),
+    or a user's JSON file (``{"class": ["word", ...]}``, optionally under ``"classes"``)."""
+    if path is None:
+        text = resources.files("clipseg_cli.prompts").joinpath(BACKGROUND_FILE).read_text(encoding="utf-8")
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--background-prompts {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--background-prompts {path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    table = data.get("classes", data) if isinstance(data, dict) else None
+    if not isinstance(table, dict) or not all(
+        isinstance(v, list) and all(isinstance(w, str) and w.strip() for w in v) for v in table.values()
+    ):
+        raise ConfigError(f'--background-prompts {path}: expected {{"class": ["background word", ...], ...}}')
+    return {" ".join(str(k).lower().split()): [w.strip() for w in v] for k, v in table.items()}
+
+
+def background_prompts(class_names: Sequence[str], path: Path | None = None) -> list[list[str]]:
+    """Class-related background words per class (a class without any gets no CBS term). Default: the
+    paper's (boat: river, sea, lake; train: railroad, railway, tree); ``path``: the user's file,
+    whose classes must all be among ``class_names``."""
+    table = read_background_file(path)
+    keys = [" ".join(n.lower().split()) for n in class_names]
+    unknown = [k for k in table if k not in keys]
+    if path is not None and unknown:
+        raise ConfigError(f"--background-prompts {path}: {unknown[0]!r} is not one of the classes ({', '.join(class_names)})")
+    return [list(table.get(k, [])) for k in keys]
 
 
 # -- the CAM network (eq. 3) -----------------------------------------------------------------------
-class CAMNet(nn.Module):
-    """ResNet (output stride 16) + 1x1 conv to K maps + sigmoid: (B, 3, H, W) -> (B, K, H/16, W/16)."""
+class CAMNet(ResNetCAM):
+    """The CAM network of ``train-cam cam`` (same weights) with sigmoid maps: (B, 3, H, W) ->
+    (B, K, H/16, W/16); a fresh classifier starts Xavier-uniform."""
 
-    def __init__(self, depth: int, num_classes: int, style: str = "pytorch") -> None:
-        super().__init__()
-        self.backbone = ResNet(depth, strides=(1, 2, 2, 1), style=style)  # type: ignore[arg-type]
-        self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
+    def __init__(self, depth: int, num_classes: int, style: str = "pytorch", frozen_stages: int = 0) -> None:
+        super().__init__(depth, num_classes, style, frozen_stages)
         nn.init.xavier_uniform_(self.classifier.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.classifier(self.backbone(x)))
-
-    def train(self, mode: bool = True) -> CAMNet:
-        super().train(mode)
-        for m in self.modules():  # frozen BN statistics (IRN's FixedBatchNorm)
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
+        return torch.sigmoid(self.class_maps(x))
 
 
-def build_camnet(arch: str, num_classes: int, init: Path | None = None) -> tuple[CAMNet, Normalization, str]:
-    """A CAM network of ``arch``, its backbone from ``--init`` (torchvision or deeplab-pytorch layout)."""
+def build_camnet(arch: str, class_names: Sequence[str], init: Path | None = None) -> tuple[CAMNet, Normalization, str]:
+    """A CAM network of ``arch`` for ``class_names``: from a ``train-cam cam`` checkpoint (backbone and
+    classifier, as the authors start), a ResNet file (backbone only: torchvision or deeplab-pytorch
+    layout), or random weights."""
     if arch not in ARCHS:
         raise ConfigError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if init is None:
-        return CAMNet(ARCHS[arch], num_classes), IMAGENET_NORM, "random init"
-    from clipseg_cli.segmentation.init_weights import read_init
+        return CAMNet(ARCHS[arch], len(class_names)), IMAGENET_NORM, "random init"
+    from clipseg_cli.training.checkpoint import load_torch_file
 
-    w = read_init(init)
-    if w.depth != ARCHS[arch]:
-        raise ConfigError(f"--init {init} holds a ResNet-{w.depth} but --arch {arch} is ResNet-{ARCHS[arch]}")
-    net = CAMNet(w.depth, num_classes, w.style)
-    expected = net.backbone.state_dict()
-    sd = {k: v.to(expected[k].dtype) for k, v in w.backbone.items() if k in expected}
-    extra = [k for k in w.backbone if k not in expected]
-    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
-    bad = [k for k, v in sd.items() if v.shape != expected[k].shape]
-    if extra or missing or bad:
-        raise ConfigError(f"--init {init}: backbone keys do not match ({(extra or missing or bad)[0]!r})")
-    for k, v in expected.items():
-        sd.setdefault(k, torch.zeros_like(v))
-    net.backbone.load_state_dict(sd, strict=True)
-    return net, w.norm, f"{w.source} ResNet-{w.depth} backbone from {Path(init).name}"
+    obj = load_torch_file(Path(init), "--init")
+    if isinstance(obj, Mapping) and obj.get("kind") == CAM_KIND:
+        return cam_checkpoint_init(obj, Path(init), arch, class_names)
+    if isinstance(obj, Mapping) and "kind" in obj:
+        raise ConfigError(
+            f"--init {init}: a {obj['kind']!r} checkpoint; CLIMS starts from a `train-cam cam` run's last.pt or a ResNet file"
+        )
+    w = read_init(init, obj)
+    net = CAMNet(ARCHS[arch], len(class_names), w.style)
+    return net, w.norm, load_backbone_init(net, w, arch)
+
+
+def cam_checkpoint_init(ckpt: Mapping[str, Any], path: Path, arch: str, class_names: Sequence[str]) -> tuple[CAMNet, Normalization, str]:
+    """The whole CAM network (backbone and classifier) of a ``train-cam cam`` checkpoint."""
+    cfg = ckpt.get("model_config", {})
+    if cfg.get("arch") != arch:
+        raise ConfigError(f"--init {path} holds a {cfg.get('arch')} CAM network but --arch is {arch}; pass --arch {cfg.get('arch')}")
+    trained = [str(c) for c in ckpt.get("class_names", [])]
+    if [c.lower() for c in trained] != [c.lower() for c in class_names]:
+        raise ConfigError(f"--init {path} was trained on the classes {', '.join(trained)}, not on --classes {', '.join(class_names)}")
+    net, norm, _ = rebuild(ckpt, CAMNet)
+    return net, norm, f"the CAM network (backbone and classifier) of {path.name} (train-cam cam, iteration {int(ckpt.get('iteration', 0))})"
 
 
 # -- the frozen CLIP evaluator -------------------------------------------------------------------
@@ -234,9 +260,14 @@ def btm_loss(s_bo: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> to
 
 
 def cbs_loss(s_ob: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Eq. 10: -sum_k sum_l y_k log(1 - s_kl^ob), over each class's own L background prompts
-    (``valid`` (K, L) marks them)."""
+    """Eq. 10: -sum_k sum_l y_k log(1 - s_kl^ob), over each class's own L_k background prompts
+    (``valid`` (K, L) marks them). ``mean``: as the authors' code, the mean over a class's prompts,
+    summed over the batch's labelled (image, class) pairs (not divided by their number); ``sum``:
+    the equation, summed over prompts, averaged over the images."""
     w = y.to(s_ob.dtype).unsqueeze(-1) * valid.to(s_ob.dtype).unsqueeze(0)
+    if reduction == "mean":
+        w = w / valid.to(s_ob.dtype).sum(dim=1).clamp(min=1).view(1, -1, 1)
+        return -(w * _log(1.0 - s_ob)).sum()
     return _reduce(-(w * _log(1.0 - s_ob)).sum(), w.sum(), y.shape[0], reduction)
 
 
@@ -292,9 +323,14 @@ class ClimsConfig(RunConfig):
 
     arch: str = setting("resnet50", "CAM backbone: resnet50 (paper) | resnet101 | resnet34 | resnet18.",
                         choices=tuple(ARCHS))  # fmt: skip
-    init: Path | None = setting(None, "Backbone init: a torchvision-layout ResNet file (e.g. resnet50-*.pth); default random.",
+    init: Path | None = setting(None, "Start: RUN/last.pt of `train-cam cam` (backbone and classifier, as the authors), or a "
+                                "torchvision-layout ResNet file (backbone only, e.g. resnet50-*.pth); default random.",
                                 defining=False, metavar="FILE")  # fmt: skip
-    weights: Path | None = weights_setting()
+    weights: Path | None = setting(None, "Frozen CLIP evaluator: any ViT CLIP checkpoint in OpenAI's layout (the authors used "
+                                   "ViT-B/32; default: as the main command, $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt).",
+                                   flags=("--clip-weights",), hidden_flags=("--weights",), defining=False, metavar="FILE")  # fmt: skip
+    background_prompts: Path | None = setting(None, 'Background words of L_CBS per class, JSON {"class": ["word", ...]} '
+                                              "(default: the paper's, boat and train only).", metavar="FILE")  # fmt: skip
     iters: int = setting(6615, "Training iterations (default: 10 epochs of VOC train_aug at batch 16).", minimum=1)
     batch: int = setting(16, "Images per training iteration.", flags=("--batch-size",), minimum=1)
     crop: int = setting(512, "Square training crop in pixels.", minimum=32)
@@ -305,7 +341,8 @@ class ClimsConfig(RunConfig):
     beta: float = setting(OPTIONS["beta"], "Weight of L_BTM (eq. 8).")
     gamma: float = setting(OPTIONS["gamma"], "Weight of L_CBS (eq. 10).")
     delta: float = setting(OPTIONS["delta"], "Weight of L_REG (eq. 12).")
-    reduction: str = setting(OPTIONS["reduction"], "mean: over positive (image, class) pairs, as the authors' code; "
+    reduction: str = setting(OPTIONS["reduction"], "mean: as the authors' code (OTM, BTM averaged over the labelled "
+                             "(image, class) pairs; CBS averaged over a class's prompts, summed over the pairs); "
                              "sum: eqs. 6/8/10 literally, per image.", choices=("mean", "sum"))  # fmt: skip
     clip_size: int = setting(OPTIONS["clip_size"], "Side CLIP sees the masked images at (0: the checkpoint's, 224).",
                              minimum=0)  # fmt: skip
@@ -339,16 +376,15 @@ class Clims(CamMethod):
             raise ConfigError(f"--init {cfg.init}: no such file")
         self.load_labelled_images(ckpt)
         self.clip, self.weights = self.frozen_clip(ckpt)
-        self.bg_prompts = background_prompts(cfg.class_names)
         self.iters = cfg.iters
         seed_everything(cfg.seed)
-        self.model, self.norm, self.init_note = build_camnet(cfg.arch, len(cfg.class_names),
-                                                             cfg.init if ckpt is None else None)  # fmt: skip
         if ckpt is not None:
-            self.norm = Normalization.from_dict(ckpt["model_config"]["normalization"])
-            self.model = CAMNet(ARCHS[cfg.arch], len(cfg.class_names), ckpt["model_config"].get("style", "pytorch"))
-            self.model.load_state_dict(ckpt["model"], strict=True)
+            self.bg_prompts = [list(p) for p in ckpt["model_config"]["bg_prompts"]]
+            self.model, self.norm, _ = rebuild(ckpt, CAMNet)
             self.init_note = f"resumed from {LAST} (iteration {int(ckpt['iteration'])})"
+        else:
+            self.bg_prompts = background_prompts(cfg.class_names, cfg.background_prompts)
+            self.model, self.norm, self.init_note = build_camnet(cfg.arch, cfg.class_names, cfg.init)
         self.model.to(self.device)
         self.evaluator = ClimsEvaluator(self.clip, cfg.class_names, self.bg_prompts, int(cfg.clip_size)).to(self.device)
         groups = [
@@ -405,13 +441,7 @@ class Clims(CamMethod):
     @classmethod
     def load_predictor(cls, ckpt: dict[str, Any], device: torch.device, options: InferenceOptions) -> ClimsPredictor:
         """``wsss-label predict`` on a ``cam.clims`` checkpoint (CLIP is needed only for ``--caa``)."""
-        cfg = ckpt["model_config"]
-        try:
-            net = CAMNet(ARCHS[cfg["arch"]], int(cfg["num_classes"]), cfg.get("style", "pytorch"))
-            net.load_state_dict(ckpt["model"], strict=True)
-            norm = Normalization.from_dict(cfg["normalization"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise model_mismatch(exc) from None
+        net, norm, cfg = rebuild(ckpt, CAMNet)
         threshold = getattr(options, "bg_threshold", None)
         if threshold is None:
             threshold = float(cfg.get("options", {}).get("bg_threshold", OPTIONS["bg_threshold"]))
@@ -424,43 +454,15 @@ class Clims(CamMethod):
 
 
 # -- prediction ----------------------------------------------------------------------------------
-class ClimsPredictor:
-    """A trained CAM network as a :class:`clipseg_cli.inference.Predictor`."""
+class ClimsPredictor(CamPredictor):
+    """A trained CLIMS network as a :class:`clipseg_cli.inference.Predictor` (IRN's ``make_cam`` on the
+    ReLU of its class maps, :class:`clipseg_cli.methods.cam.CamPredictor`), optionally refined by CAA."""
 
     def __init__(self, net: CAMNet, norm: Normalization, class_names: list[str], device: torch.device,
                  options: InferenceOptions, bg_threshold: float, labels: ImageLabels,
                  clip: CLIP | None = None, caa_lam: float | None = None) -> None:  # fmt: skip
-        self.net = net.to(device).eval()
+        super().__init__(net, norm, class_names, device, options, bg_threshold, labels)
         self.clip, self.caa_lam = clip, (caa_lam if clip is not None else None)
-        self.norm, self.class_names, self.device, self.options = norm, class_names, device, options
-        self.bg_threshold = float(bg_threshold)
-        self.labels = labels
-
-    def image_labels(self, key: str) -> list[int] | None:
-        return self.labels.get(key)
-
-    @torch.no_grad()
-    def cams(self, image: np.ndarray) -> np.ndarray:
-        """(K, H, W) sigmoid maps averaged over the test scales (and flips), each divided by its max."""
-        height, width = image.shape[:2]
-        x = torch.from_numpy(self.norm.apply(image)).unsqueeze(0).to(self.device)
-        total, count = None, 0
-        for s in self.options.scales:
-            xs = x
-            if s != 1.0:
-                size = (max(16, round(height * s)), max(16, round(width * s)))
-                xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            batch = torch.cat([xs, xs.flip(-1)]) if self.options.flip else xs
-            maps = self.net(batch)
-            if self.options.flip:
-                maps = torch.stack([maps[0], maps[1].flip(-1)])
-            up = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False).sum(0)
-            total = up if total is None else total + up
-            count += maps.shape[0]
-        assert total is not None
-        cams = total / count
-        cams = cams / cams.flatten(1).amax(dim=1).clamp(min=1e-5).view(-1, 1, 1)
-        return cams.float().cpu().numpy()
 
     @torch.no_grad()
     def caa(self, image: np.ndarray, cams: np.ndarray) -> np.ndarray:
@@ -483,17 +485,6 @@ class ClimsPredictor:
         up = F.interpolate(torch.from_numpy(refined)[None], size=(height, width), mode="bilinear", align_corners=False)
         return up[0].clamp(0, 1).numpy()
 
-    def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
-        cams = self.cams(image)
-        k, height, width = cams.shape
-        values = list(range(1, k + 1)) if labels is None else [int(v) for v in labels if 1 <= int(v) <= k]
-        probs = np.zeros((k + 1, height, width), np.float32)
-        probs[0] = self.bg_threshold
-        if values and self.caa_lam is not None:
-            refined = self.caa(image, np.ascontiguousarray(cams[[v - 1 for v in values]]))
-            for v, cam in zip(values, refined):
-                probs[v] = cam
-        else:
-            for v in values:
-                probs[v] = cams[v - 1]
-        return probs / probs.sum(axis=0, keepdims=True).clip(min=1e-8)
+    def class_probabilities(self, image: np.ndarray, cams: np.ndarray, values: list[int]) -> np.ndarray:
+        selected = np.ascontiguousarray(cams[[v - 1 for v in values]])
+        return selected if self.caa_lam is None else self.caa(image, selected)

@@ -68,3 +68,31 @@ def train_augment(
     if flip and rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
+
+
+def resize_long(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Resize (bicubic) so that the longer side is ``long_side`` pixels."""
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w)
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+
+
+def place_crop(image: np.ndarray, size: int, rng: np.random.Generator, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` crop of an (H, W, C) array, per side: a random window of a longer side,
+    or the whole side at a random offset in the crop (the rest ``fill``), as IRN's ``random_crop``.
+    Returns the crop and its (size, size) mask of image pixels."""
+    h, w = image.shape[:2]
+    out = np.full((size, size, image.shape[2]), fill, dtype=image.dtype)
+    valid = np.zeros((size, size), np.uint8)
+    spans = []
+    for side in (h, w):
+        n = min(size, side)
+        if side > size:  # (offset in the crop, offset in the image)
+            spans.append((0, int(rng.integers(0, side - size + 1)), n))
+        else:
+            spans.append((int(rng.integers(0, size - side + 1)), 0, n))
+    (cy, iy, nh), (cx, ix, nw) = spans
+    out[cy : cy + nh, cx : cx + nw] = image[iy : iy + nh, ix : ix + nw]
+    valid[cy : cy + nh, cx : cx + nw] = 1
+    return out, valid

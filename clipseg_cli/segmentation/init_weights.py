@@ -119,10 +119,12 @@ def _split_head(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
     return backbone, head
 
 
-def read_init(path: str | Path) -> InitWeights:
-    """Parse an ``--init`` file (see the module docstring); ConfigError if it is none of those."""
+def read_init(path: str | Path, obj: Any = None) -> InitWeights:
+    """Parse an ``--init`` file (see the module docstring); ConfigError if it is none of those.
+    ``obj``: the file's content when the caller has read it already."""
     path = Path(path)
-    obj = load_torch_file(path, "--init")
+    if obj is None:
+        obj = load_torch_file(path, "--init")
     if isinstance(obj, Mapping) and obj.get("kind") == "deeplabv2" and isinstance(obj.get("model"), Mapping):
         sd = dict(obj["model"])
         backbone = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
