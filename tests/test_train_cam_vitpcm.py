@@ -4,6 +4,7 @@ shapes from image-level labels only, CLI, exact resume, predict."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,15 @@ from clipseg_cli.methods.vitpcm import (
     second_branch,
 )
 from clipseg_cli.methods.vitpcm_equivariance import (
+    dihedral,
     equivariance_loss,
     gmp_scores,
     mce_loss,
     mosaic,
     mosaic_indices,
     random_affine,
+    random_dihedral,
+    undo_dihedral,
     unmosaic,
     unwarp,
     warp,
@@ -81,17 +85,94 @@ def test_affine_inverse_restores_the_interior() -> None:
     assert bool(ok.all()) and torch.allclose(same, x, atol=1e-5)
 
 
-def test_equivariance_loss_zero_for_identical_branches_positive_otherwise() -> None:
+def test_equivariance_loss_is_eq8_cross_entropy_with_both_gradients() -> None:
+    """Eq. 8 by hand on two patches: -1/s sum_i sum_k nu log mu; d/dnu = -log(mu)/s and
+    d/dmu = -nu/(mu s) (neither branch detached; a KL form would give d/dnu = (log nu - log mu + 1)/s)."""
+    nu = torch.tensor([[[[0.25, 0.6]], [[0.75, 0.4]]]], requires_grad=True)  # (1, 2 classes, 1, 2 patches)
+    mu = torch.tensor([[[[0.5, 0.9]], [[0.5, 0.1]]]], requires_grad=True)
+    loss = equivariance_loss(nu, mu)
+    want = -(0.25 * math.log(0.5) + 0.75 * math.log(0.5) + 0.6 * math.log(0.9) + 0.4 * math.log(0.1)) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    loss.backward()
+    assert torch.allclose(nu.grad, -torch.log(mu.detach()) / 2)
+    assert torch.allclose(mu.grad, -nu.detach() / mu.detach() / 2)
+    valid = torch.tensor([[[[False, True]]]])
+    only_second = -(0.6 * math.log(0.9) + 0.4 * math.log(0.1))
+    assert equivariance_loss(nu, mu, valid).item() == pytest.approx(only_second, rel=1e-6)
+
+
+def test_dihedral_transform_and_its_inverse() -> None:
+    grid = torch.arange(9.0).reshape(1, 1, 3, 3)  # [[0 1 2] [3 4 5] [6 7 8]]
+    x = grid.expand(4, 2, 3, 3).clone()
+    flags = torch.tensor([[False, False, False], [True, False, False], [True, True, False], [True, False, True]])
+    out = dihedral(x, flags)
+    assert out[0, 0].tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert out[1, 0].tolist() == [[2, 1, 0], [5, 4, 3], [8, 7, 6]]  # left-right
+    assert out[2, 1].tolist() == [[8, 7, 6], [5, 4, 3], [2, 1, 0]]  # and up-down: 180 degrees
+    assert out[3, 0].tolist() == [[2, 5, 8], [1, 4, 7], [0, 3, 6]]  # left-right then transpose: 90 degrees
+    assert torch.equal(undo_dihedral(out, flags), x)
+    draws = random_dihedral(4000, torch.Generator().manual_seed(0))
+    assert draws.shape == (4000, 3) and abs(draws.float().mean().item() - 0.5) < 0.03
+
+
+def main_branch_by_hand(model: PatchClassMapper, images: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    out = []
+    for img, (lr, ud, tr) in zip(images, flags.tolist()):  # a by hand, then f, then a^-1 by hand
+        t = img.flip(-1) if lr else img
+        t = t.flip(-2) if ud else t
+        t = t.transpose(-1, -2) if tr else t
+        p = model(t[None])[0]
+        p = p.transpose(-1, -2) if tr else p
+        p = p.flip(-2) if ud else p
+        out.append(p.flip(-1) if lr else p)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("form", ["paper", "authors"])
+def test_both_branches_are_transformed_and_the_gradient_goes_where_each_form_says(form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mu = a^-1 f(a(X)) of the main branch (flips drawn from the branch seed), nu the second branch's.
+    paper: eq. 8's -sum nu log mu, neither detached; authors: -sum t log nu with t the main branch
+    restricted to the image's labels (each class / its max over patches, renormalised), fixed."""
+    import clipseg_cli.methods.vitpcm_equivariance as eqv
+    from clipseg_cli.methods.vitpcm import vitpcm_loss
+
     torch.manual_seed(0)
-    p = torch.randn(2, 4, 5, 5).softmax(dim=1)
-    q = torch.randn(2, 4, 5, 5).softmax(dim=1)
-    assert float(equivariance_loss(p, p)) == pytest.approx(0.0, abs=1e-6)
-    assert float(equivariance_loss(p, q)) > 0.05
-    valid = torch.zeros(2, 1, 5, 5, dtype=torch.bool)
-    valid[:, :, :2] = True
-    q_masked = torch.where(valid, p, q)
-    assert float(equivariance_loss(p, q_masked, valid)) == pytest.approx(0.0, abs=1e-6)
-    assert float(equivariance_loss(p, q_masked)) > 0.0
+    model = PatchClassMapper(small_vit(), 4, lstm_hidden=8)
+    images = torch.randn(4, 3, 32, 32)
+    targets = torch.tensor([[1.0, 1, 0, 0], [1, 0, 1, 1], [1, 1, 1, 1], [1, 0, 0, 1]])
+    seen: list[torch.Tensor] = []
+    original = eqv.equivariance_loss
+    monkeypatch.setattr(eqv, "equivariance_loss", lambda p, q, valid=None: seen.extend([p, q]) or original(p, q, valid))
+    _, parts = vitpcm_loss(model, images, targets, branch_seed=11, et_loss=form)
+    flags = random_dihedral(4, torch.Generator().manual_seed(11))
+    assert flags.any() and "et" in parts
+    with torch.no_grad():
+        mu = main_branch_by_hand(model, images, flags)
+    weights, logged = seen
+    if form == "paper":
+        nu = weights
+        assert weights.requires_grad and logged.requires_grad
+        assert torch.allclose(logged.detach(), mu, atol=1e-5)
+    else:
+        nu = logged
+        assert not weights.requires_grad and logged.requires_grad
+        t = mu * targets[:, :, None, None]
+        t = t / t.flatten(2).max(dim=2).values[:, :, None, None].clamp_min(1e-12)
+        t = t / t.sum(dim=1, keepdim=True)
+        assert torch.allclose(weights, t, atol=1e-5) and (weights[targets == 0] == 0).all()
+    assert nu.shape == mu.shape and not torch.allclose(nu.detach(), mu, atol=1e-3)
+
+
+def test_colour_jitter_and_grayscale() -> None:
+    from clipseg_cli.methods.vitpcm import colour_jitter
+
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    gray = colour_jitter(image, np.random.default_rng(1), gray_p=1.0)
+    assert gray.dtype == np.float32 and np.allclose(gray[..., 0], gray[..., 1]) and np.allclose(gray[..., 1], gray[..., 2])
+    outs = [colour_jitter(image, np.random.default_rng(s), gray_p=0.0) for s in range(4)]
+    assert all(0 <= o.min() and o.max() <= 255 for o in outs)
+    assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[0], image)
+    assert np.array_equal(colour_jitter(image, np.random.default_rng(3)), colour_jitter(image, np.random.default_rng(3)))
 
 
 def test_gmp_scores_and_mce_eq1() -> None:

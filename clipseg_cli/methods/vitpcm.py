@@ -8,9 +8,11 @@ patch grid, outputs concatenated) conditions them; a linear patch classifier to 
 per class gives the image scores.
 
 Training (:class:`VitPcm`, image-level labels only): ``L = L_MCE + L_ET + l2 |W|^2``
-(eqs. 1, 8, 9; W the classifier weights). The second branch warps the batch with a random affine
-transform (translate, rotate, scale), halves it and tiles groups of four into 2x2 mosaics of the
-input size; its patch maps are split back, upsampled and un-warped
+(eqs. 1, 8, 9; W the classifier weights, no bias). Training images are resized and colour-jittered
+(section 6.1). The main branch sees each image flipped / rotated by 90 degrees at random (a); the
+second warps the batch with a random affine transform (b: translate, rotate, scale), halves it and
+tiles groups of four into 2x2 mosaics of the input size (m); eq. 8 is the cross-entropy between the
+two branches' inverse-transformed patch distributions, both branches trained
 (:mod:`clipseg_cli.methods.vitpcm_equivariance`). Schedule: Adam, ``--frozen-epochs`` (2)
 at ``--lr`` (1e-3) with the backbone frozen, then the last ``--unfreeze`` (4) blocks train too at
 ``--lr-finetune`` (1e-4).
@@ -77,16 +79,19 @@ class HVBiLSTM(nn.Module):
 class PatchClassMapper(nn.Module):
     """ViT -> HV-BiLSTM -> linear patch classifier (K+1) -> per-patch softmax, (B, K+1, h, w)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, lstm_hidden: int = 256) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, lstm_hidden: int = 256, bias: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         dim = vit_width(backbone)
         self.lstm = HVBiLSTM(dim, lstm_hidden)
-        self.classifier = nn.Linear(self.lstm.out_dim, num_classes)
-        # The paper initialises the classifier from a Gaussian; scaled by fan-in here so the
-        # per-patch softmax does not start saturated.
+        # eq. 2: A = F W, no bias (``bias`` only rebuilds checkpoints from before it was dropped).
+        self.classifier = nn.Linear(self.lstm.out_dim, num_classes, bias=bias)
+        # The paper starts W from a standard Gaussian; its std is 1/sqrt(fan-in) here (0.031 for the
+        # 4 x 256 BiLSTM features; the authors' code uses 0.05): with std 1 the logits of those
+        # features have a std of about 16 and the per-patch softmax starts saturated.
         nn.init.normal_(self.classifier.weight, std=self.lstm.out_dim**-0.5)
-        nn.init.zeros_(self.classifier.bias)
+        if bias:
+            nn.init.zeros_(self.classifier.bias)
         self.backbone_frozen = False
 
     @property
@@ -173,25 +178,44 @@ def build_model(model_config: Mapping[str, Any]) -> PatchClassMapper:
         rebuild_backbone(model_config["backbone"]),
         int(model_config["num_classes"]),
         int(model_config["lstm_hidden"]),
+        bool(model_config.get("classifier_bias", True)),  # checkpoints before eq. 2's bias-free W had one
     )
 
 
 # -- data ----------------------------------------------------------------------------------------
+def colour_jitter(image: np.ndarray, rng: np.random.Generator, gray_p: float = 0.1) -> np.ndarray:
+    """Section 6.1's colour jitter and random grayscale on an (H, W, 3) RGB image in 0..255, with the
+    authors' code's magnitudes: brightness +-0.2, contrast x0.5-2 (about each channel's mean),
+    saturation x0.5-1.5, hue +-0.1 of the circle, then grayscale (ITU-R 601 luma) with probability
+    ``gray_p``. Returns float32 in 0..255."""
+    x = image.astype(np.float32) / 255.0 + rng.uniform(-0.2, 0.2)
+    mean = x.mean(axis=(0, 1), keepdims=True)
+    x = np.clip((x - mean) * rng.uniform(0.5, 2.0) + mean, 0.0, 1.0)
+    hsv = cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2HSV)  # H in degrees, S and V in 0..1
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0.0, 1.0)
+    hsv[..., 0] = (hsv[..., 0] + 360.0 * rng.uniform(-0.1, 0.1)) % 360.0
+    x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if rng.random() < gray_p:
+        x = np.repeat(x @ np.array([0.2989, 0.5870, 0.1140], np.float32)[:, None], 3, axis=-1)
+    return np.clip(x, 0.0, 1.0) * 255.0
+
+
 class ResizedImages(LabelledImages):
-    """Labelled images resized to ``size`` x ``size``, random horizontal flip; items ``image``,
-    ``target`` (background and the image's classes set) and ``error``."""
+    """Labelled images resized to ``size`` x ``size``, colour-jittered (``jitter``); items ``image``,
+    ``target`` (background and the image's classes set) and ``error``. The flips and 90 degree
+    rotations are the main branch's transform a, drawn in :func:`vitpcm_loss`."""
 
     target_key = "target"
 
     def __init__(self, paths: Sequence[Path], labels: Sequence[Sequence[int]], num_classes: int, norm: Normalization,
-                 size: int, seed: int) -> None:  # fmt: skip
+                 size: int, seed: int, jitter: bool = True) -> None:  # fmt: skip
         super().__init__(paths, labels, num_classes, seed, background=True, blank=size)
-        self.norm, self.size = norm, size
+        self.norm, self.size, self.jitter = norm, size, jitter
 
     def make(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, object]:
         image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        if rng.random() < 0.5:
-            image = image[:, ::-1]
+        if self.jitter:
+            image = colour_jitter(image, rng)
         return {"image": torch.from_numpy(self.norm.apply(image))}
 
 
@@ -213,6 +237,10 @@ class VitPcmConfig(ViTConfig):
     lstm_hidden: int = setting(256, "Hidden units per direction of each BiLSTM.", minimum=1)
     l2: float = setting(0.1, "L2 regularisation of the patch classifier's weights.", minimum=0)
     et_weight: float = setting(1.0, "Weight of the equivariance loss (0: no second branch).", minimum=0)
+    et_loss: str = setting("authors", "Equivariance loss: authors (their code: the main branch, restricted to the image's labels, "
+                           "a fixed target for the second) | paper (eq. 8 as written: both branches trained).",
+                           choices=("authors", "paper"))  # fmt: skip
+    jitter: bool = setting(True, "Colour jitter and random grayscale of the training images (section 6.1).")
     predict_size: int = setting(960, "Side images are scaled to by predict (960: a 60x60 grid at /16).", minimum=32)
     save_every: int = setting(500, "Write last.pt every N iterations.", minimum=1, defining=False)
 
@@ -278,7 +306,7 @@ class VitPcm(CamMethod):
     def batches(self, start: int) -> Iterable[Any]:
         cfg = self.cfg
         labels = [self.image_labels[k] for k in self.keys]
-        dataset = ResizedImages(self.paths, labels, len(cfg.class_names), self.norm, cfg.size, cfg.seed)
+        dataset = ResizedImages(self.paths, labels, len(cfg.class_names), self.norm, cfg.size, cfg.seed, cfg.jitter)
         return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device),
                              self.device)  # fmt: skip
 
@@ -296,7 +324,7 @@ class VitPcm(CamMethod):
         cfg = self.cfg
         images = batch["image"].to(self.device, non_blocking=True)
         targets = batch["target"].to(self.device, non_blocking=True)
-        return vitpcm_loss(self.model, images, targets, cfg.seed * 1_000_003 + iteration, cfg.l2, cfg.et_weight)
+        return vitpcm_loss(self.model, images, targets, cfg.seed * 1_000_003 + iteration, cfg.l2, cfg.et_weight, cfg.et_loss)
 
     def oom_hint(self) -> str:
         return f"--batch {self.cfg.batch} --size {self.cfg.size}"
@@ -306,6 +334,7 @@ class VitPcm(CamMethod):
             "backbone": describe_backbone(self.model.backbone), "num_classes": self.num_classes,
             "lstm_hidden": self.cfg.lstm_hidden, "normalization": self.norm.to_dict(),
             "predict_size": self.cfg.predict_size, "backbone_source": self.cfg.backbone,
+            "classifier_bias": self.model.classifier.bias is not None,
         }  # fmt: skip
 
     def summary_extra(self) -> dict[str, Any]:
@@ -320,28 +349,39 @@ class VitPcm(CamMethod):
 
 
 def vitpcm_loss(model: PatchClassMapper, images: torch.Tensor, targets: torch.Tensor, branch_seed: int,
-                l2: float = 0.1, et_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+                l2: float = 0.1, et_weight: float = 1.0, et_loss: str = "authors") -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """Eq. 9 plus the classifier's L2: ``L_MCE + et_weight * L_ET + l2 |W|^2`` on a batch and its
-    named parts. The second branch's transforms are drawn from ``branch_seed`` (the trainer uses
-    (seed, iteration), so they repeat on --resume)."""
-    probs = model(images)
+    named parts. The main branch sees ``a(X)`` (a random flip / 90 degree rotation per image) and
+    gives L_MCE (global max pooling does not see a) and mu = a^-1 f(a(X)); the second branch nu =
+    c^-1 f(c(X)) with c = m(b(.)) (:func:`second_branch`). ``et_loss="paper"``: eq. 8 as written,
+    -1/s sum nu log mu, both branches trained; ``"authors"``: their code's cross-entropy
+    -1/s sum t log nu with t = mu restricted to the image's labels and held fixed
+    (:func:`vitpcm_equivariance.label_target`). The transforms are drawn from ``branch_seed`` (the
+    trainer uses (seed, iteration), so they repeat on --resume)."""
+    gen = torch.Generator().manual_seed(branch_seed)
+    flags = eqv.random_dihedral(images.shape[0], gen)
+    probs = model(eqv.dihedral(images, flags))
     mce = eqv.mce_loss(probs, targets)
     reg = l2 * model.classifier.weight.pow(2).sum()
     loss = mce + reg
     parts = {"mce": float(mce.detach()), "l2": float(reg.detach())}
     if et_weight > 0:
-        gen = torch.Generator().manual_seed(branch_seed)
-        branch_probs, valid = second_branch(model, images, gen)
-        et = eqv.equivariance_loss(branch_probs, probs, valid)
+        nu, valid = second_branch(model, images, gen)
+        mu = eqv.undo_dihedral(probs, flags)
+        if et_loss == "paper":
+            et = eqv.equivariance_loss(nu, mu, valid)
+        else:
+            et = eqv.equivariance_loss(eqv.label_target(mu, targets), nu, valid)
         loss = loss + et_weight * et
         parts["et"] = float(et.detach())
     return loss, parts
 
 
 def second_branch(model: PatchClassMapper, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The equivariance branch c = m(b(.)) and its inverse: warp (b), halve, 2x2 mosaics (m) of the
-    input size; the patch maps split back (m^-1), upsampled to the main grid and un-warped (b^-1).
-    Returns (B, K+1, h, w) probabilities and the (B, 1, h, w) mask of patches seen by both branches."""
+    """The equivariance branch c = m(b(.)) and its inverse: warp (b: translate, rotate, scale), halve,
+    2x2 mosaics (m) of the input size; the patch maps split back (m^-1), upsampled to the main grid
+    and un-warped (b^-1). Returns (B, K+1, h, w) probabilities and the (B, 1, h, w) mask of patches
+    seen by both branches."""
     b = images.shape[0]
     theta = eqv.random_affine(b, gen).to(images.device)
     warped = eqv.warp(images, theta)

@@ -1,14 +1,19 @@
-"""ViT-PCM's losses and the transforms of its equivariance branch (paper sections 4-5, eqs. 1, 8).
+"""ViT-PCM's losses and the transforms of its two branches (paper sections 4-5, eqs. 1, 8).
 
 - :func:`mce_loss`: multi-label BCE (eq. 1) on global-max-pooled per-patch softmax scores
   (eq. 3), background (channel 0) always a positive label;
-- :func:`random_affine` / :func:`warp` / :func:`unwarp`: translate + rotate + scale of a batch
-  (``F.affine_grid``, normalised coordinates, square inputs) and its inverse with a validity mask;
+- :func:`random_dihedral` / :func:`dihedral` / :func:`undo_dihedral`: the main branch's transform a
+  (horizontal flip, vertical flip, transpose: section 6.1's flips and 90 degree rotations), exactly
+  invertible on the patch grid;
+- :func:`random_affine` / :func:`warp` / :func:`unwarp`: the second branch's translate + rotate +
+  scale b (``F.affine_grid``, normalised coordinates, square inputs) and its inverse with a
+  validity mask;
 - :func:`mosaic` / :func:`unmosaic`: four images (a group of 4 along the batch) tiled 2x2 and split
-  back, an exact round trip;
-- :func:`equivariance_loss`: eq. 8, the cross-entropy between the inverse-transformed patch
-  distributions of the two branches, minus the target's entropy (so it is 0 for identical branches
-  and the gradient w.r.t. the predicted branch is eq. 8's), averaged over the valid patches.
+  back (the merging m), an exact round trip;
+- :func:`equivariance_loss`: eq. 8, the cross-entropy of the main branch's inverse-transformed patch
+  distributions under the second branch's, averaged over the patches both branches see;
+  :func:`label_target`: the authors' code's fixed target (the main branch restricted to the image's
+  labels) for the same cross-entropy with the roles swapped.
 """
 
 from __future__ import annotations
@@ -93,13 +98,49 @@ def mosaic_indices(batch: int) -> torch.Tensor:
     return torch.arange(4 * math.ceil(batch / 4)) % batch
 
 
-def equivariance_loss(target: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 8 between (B, C, h, w) patch distributions ``target`` (nu) and ``pred`` (mu), as
-    KL(nu || mu) = -sum nu log mu - H(nu), averaged over the ``valid`` (B, 1, h, w) patches."""
-    nu = target.clamp_min(EPS)
-    mu = pred.clamp_min(EPS)
-    per_patch = (target * (nu.log() - mu.log())).sum(dim=1, keepdim=True)
+def equivariance_loss(nu: torch.Tensor, mu: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 8, ``L_ET = -1/s sum_i sum_k nu_ik log mu_ik``: the cross-entropy between the (B, C, h, w)
+    patch distributions of the second branch ``nu`` (c^-1 f(c(X))) and of the main branch ``mu``
+    (a^-1 f(a(X))), averaged over the ``valid`` (B, 1, h, w) patches (all when None). Neither branch
+    is detached: the gradient reaches ``nu`` through ``-log mu`` and ``mu`` through ``-nu / mu``."""
+    per_patch = -(nu * mu.clamp_min(EPS).log()).sum(dim=1, keepdim=True)
     if valid is None:
         return per_patch.mean()
     weight = valid.to(per_patch.dtype)
     return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def label_target(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The authors' code's equivariance target from (B, C, h, w) patch distributions: classes absent
+    from the image's (B, C) 0/1 ``targets`` zeroed, each present class divided by its maximum over
+    the patches, each patch renormalised to sum to 1; no gradient."""
+    t = probs.detach() * targets.to(probs.dtype)[:, :, None, None]
+    t = t / t.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    return t / t.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def random_dihedral(batch: int, rng: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """(B, 3) bool: per image, a horizontal flip, a vertical flip and a transpose (with a flip, a 90
+    degree rotation), each with probability ``p``, drawn from ``rng``."""
+    return torch.rand(batch, 3, generator=rng) < p
+
+
+def dihedral(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Apply :func:`random_dihedral`'s ``flags`` to square (B, C, S, S) maps: flip left-right, then
+    up-down, then transpose."""
+    out = []
+    for xi, (lr, ud, tr) in zip(x, flags.tolist()):
+        xi = xi.flip(-1) if lr else xi
+        xi = xi.flip(-2) if ud else xi
+        out.append(xi.transpose(-1, -2) if tr else xi)
+    return torch.stack(out)
+
+
+def undo_dihedral(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`dihedral` (the same involutions in reverse order), exact on a patch grid."""
+    out = []
+    for xi, (lr, ud, tr) in zip(x, flags.tolist()):
+        xi = xi.transpose(-1, -2) if tr else xi
+        xi = xi.flip(-2) if ud else xi
+        out.append(xi.flip(-1) if lr else xi)
+    return torch.stack(out)
