@@ -86,6 +86,49 @@ def test_co_attention_scales_start_at_a_tenth(clip) -> None:  # type: ignore[no-
     assert torch.equal(model.matching.beta, torch.full_like(model.matching.beta, 0.1))
 
 
+def test_co_attention_wiring_eqs_7_to_9_by_hand() -> None:
+    """t* = t + alpha CrossAttn(q = t, k = v = f), f* = f + beta CrossAttn(q = f, k = v = t), cos(t*, f*):
+    computed here with explicit LayerNorm, projections, per-head softmax(QK^T / sqrt(d)) V. Text
+    attending to itself (or pixels to themselves) gives other numbers."""
+    from clipseg_cli.methods.weakclip import CoAttentionMatching
+
+    torch.manual_seed(0)
+    dim, heads, grid = 8, 2, (2, 3)
+    module = CoAttentionMatching(dim, heads)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # LayerNorm affine, biases, alpha and beta away from their start
+    text, pixels = torch.randn(2, 3, dim), torch.randn(2, 6, dim)
+
+    def layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+    def attend(att, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        q = layer_norm(query, att.norm_q) @ att.q.weight.T + att.q.bias
+        k = layer_norm(context, att.norm_kv) @ att.k.weight.T + att.k.bias
+        v = layer_norm(context, att.norm_kv) @ att.v.weight.T + att.v.bias
+        d = dim // heads
+        outs = []
+        for h in range(heads):
+            qh, kh, vh = q[..., h * d : (h + 1) * d], k[..., h * d : (h + 1) * d], v[..., h * d : (h + 1) * d]
+            weights = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1)
+            outs.append(weights @ vh)
+        return torch.cat(outs, dim=-1) @ att.out.weight.T + att.out.bias
+
+    with torch.no_grad():
+        t_star = text + module.alpha * attend(module.text_to_pixel, text, pixels)
+        f_star = pixels + module.beta * attend(module.pixel_to_text, pixels, text)
+        want = F.normalize(t_star, dim=-1) @ F.normalize(f_star, dim=-1).transpose(1, 2)
+        got = module(text, pixels, grid)
+        assert got.shape == (2, 3, 2, 3)
+        torch.testing.assert_close(got, want.reshape(2, 3, *grid), atol=1e-5, rtol=1e-5)
+        self_text = text + module.alpha * attend(module.text_to_pixel, text, text)
+        wrong = F.normalize(self_text, dim=-1) @ F.normalize(f_star, dim=-1).transpose(1, 2)
+        assert (wrong - want).abs().max() > 1e-2  # the test tells the two wirings apart
+
+
 def test_gradients_reach_only_the_learnable_parts(clip) -> None:  # type: ignore[no-untyped-def]
     model = make_model(clip)
     before = clip_hash(model)

@@ -78,6 +78,11 @@ def test_token_labels_and_patch_contrast() -> None:
     cam = torch.tensor([[[[0.9, 0.1], [0.4, 0.0]], [[0.2, 0.0], [0.0, 0.7]]]])  # C=2, 2x2
     lab = D.token_labels(cam, torch.tensor([[1.0, 1.0]]), low=0.35, high=0.55)
     assert lab.tolist() == [[1, 0, -1, 2]]
+    # ToCo's thresholds and comparisons by default: background <= 0.25, class > 0.7 (0.7 itself ignored)
+    assert D.token_labels(cam, torch.tensor([[1.0, 1.0]])).tolist() == [[1, 0, -1, -1]]
+    edge = torch.tensor([[[[0.25, 0.2501], [0.7, 0.7001]]]])
+    assert D.token_labels(edge, torch.tensor([[1.0]])).tolist() == [[0, -1, -1, 1]]
+    assert D.token_labels(cam, torch.tensor([[0.0, 1.0]])).tolist() == [[0, 0, 0, -1]]  # only labelled classes count
     tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0], [1.0, 1.0]]])
     # valid tokens 0, 1, 3 with labels 1, 0, 2: positives are the 3 self pairs (|cos| 1);
     # negatives 6 ordered pairs: |cos| (0,1)=0, (0,3)=r, (1,3)=r, twice each.

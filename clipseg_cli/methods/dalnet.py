@@ -20,9 +20,10 @@ Losses (eq. 7): ``L_cls + L_inter + lambda_i L_im + lambda_e L_ex + lambda_p L_p
   all N^2 tokens (masked-out tokens are zero vectors: cos 0), background term weighted by
   ``lambda = 0.001``, temperature ``tau = 1``.
 - ``L_ptc`` (ToCo's patch token contrast): pairwise labels from the intermediate CAMs (argmax over
-  background and the image's classes; a token is background below ``ptc_low`` = 0.35, foreground
-  above ``ptc_high`` = 0.55, ignored in between), on the absolute cosine similarity of the final
-  patch tokens: ``0.5 (1 - mean over same-label pairs) + 0.5 mean over different-label pairs``.
+  the image's classes; a token is background at or below ``PTC_LOW`` = 0.25, foreground above
+  ``PTC_HIGH`` = 0.7, ignored in between: the thresholds of ToCo's training scripts, which DALNet
+  builds on), on the absolute cosine similarity of the final patch tokens:
+  ``0.5 (1 - mean over same-label pairs) + 0.5 mean over different-label pairs``.
 
 Training (:class:`Dalnet`, run by the engine of :mod:`clipseg_cli.training`; :func:`train_dalnet`
 for arrays in memory): AdamW (weight decay 0.01), linear warm-up from ``1e-6 * lr`` over ``warmup``
@@ -122,14 +123,18 @@ def explicit_alignment_loss(
     return nce(pos_fg, neg_fg) + lam * nce(pos_bg, neg_bg)
 
 
-def token_labels(inter_cam: torch.Tensor, labels: torch.Tensor, low: float = 0.35, high: float = 0.55) -> torch.Tensor:
-    """ToCo's pseudo labels of tokens (B, h*w): 0 background (max CAM < low), 1 + c the argmax class
-    (max CAM >= high), -1 ignored (in between). Only the image's classes count."""
+PTC_LOW, PTC_HIGH = 0.25, 0.7  # ToCo's --low_thre / --high_thre (scripts/dist_train_voc_seg_neg.py)
+
+
+def token_labels(inter_cam: torch.Tensor, labels: torch.Tensor, low: float = PTC_LOW, high: float = PTC_HIGH) -> torch.Tensor:
+    """ToCo's pseudo labels of tokens (B, h*w), as its ``cam_to_label(ignore_mid=True)``: 0 background
+    (max CAM <= low), 1 + c the argmax class (max CAM > high), -1 ignored (in between). Only the
+    image's classes count."""
     masked = (inter_cam * labels[..., None, None]).flatten(2)
     peak, arg = masked.max(dim=1)
     out = torch.full_like(arg, -1)
-    out[peak < low] = 0
-    high_mask = peak >= high
+    out[peak <= low] = 0
+    high_mask = peak > high
     out[high_mask] = arg[high_mask] + 1
     return out
 
