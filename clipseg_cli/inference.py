@@ -1,4 +1,4 @@
-"""Masks from any learned checkpoint: the predictor contract, multi-scale + flip softmax averaging,
+"""Masks from any learned checkpoint: the predictor contract, multi-scale + flip fusion (softmax mean, or DeepLab's logit max),
 optional dense CRF, WeakCLIP's eq. 14, and the folder loop of ``wsss-label predict``.
 
 :func:`load_predictor` reads a checkpoint and hands it to the method registered for its ``kind``
@@ -85,7 +85,10 @@ PredictorLoader = Callable[[dict[str, Any], torch.device, InferenceOptions], Pre
 
 class SoftmaxPredictor:
     """A network giving class logits (background first) at any resolution, as a :class:`Predictor`:
-    the softmax averaged over ``options.scales`` (and flips) by :func:`multiscale_probs`."""
+    the views of ``options.scales`` (and flips) fused by :func:`multiscale_probs` as ``fuse`` says
+    (``mean`` of the softmax; ``max`` of the logits, DeepLab's MSC)."""
+
+    fuse = "mean"
 
     def __init__(self, model: torch.nn.Module, norm: Normalization, class_names: list[str], device: torch.device,
                  options: InferenceOptions) -> None:  # fmt: skip
@@ -96,7 +99,7 @@ class SoftmaxPredictor:
         self.options = options
 
     def probabilities(self, image: np.ndarray, labels: Sequence[int] | None = None) -> np.ndarray:
-        return multiscale_probs(self.model, self.norm, image, self.device, self.options.scales, self.options.flip)
+        return multiscale_probs(self.model, self.norm, image, self.device, self.options.scales, self.options.flip, self.fuse)
 
 
 @torch.no_grad()
@@ -107,26 +110,43 @@ def multiscale_probs(
     device: torch.device,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    fuse: str = "mean",
 ) -> np.ndarray:
-    """Mean of softmax over ``scales`` (and their horizontal flips), at the image's size."""
+    """Class probabilities at the image's size from the views at ``scales`` (and their horizontal
+    flips). ``mean``: each view's softmax at the image's size, averaged. ``max``: as DeepLab's
+    reference MSC (kazuto1011/deeplab-pytorch), each view's logits resized to the logit grid of
+    scale 1 (the image's size when 1 is not among ``scales``), their pixel-wise max, then resized to
+    the image and the softmax."""
+    if fuse not in ("mean", "max"):
+        raise ValueError(f"fuse must be 'mean' or 'max', got {fuse!r}")
     height, width = image.shape[:2]
     x = torch.from_numpy(norm.apply(image)).unsqueeze(0).to(device)
+    order = sorted(scales, key=lambda s: s != 1.0) if fuse == "max" else list(scales)  # max: scale 1 first, its grid
     total: torch.Tensor | None = None
+    grid: tuple[int, int] = (height, width)
     count = 0
-    for s in scales:
+    for i, s in enumerate(order):
         xs = x
         if s != 1.0:
             size = (max(1, int(round(height * s))), max(1, int(round(width * s))))
             xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
-        logits = model(batch)
+        logits = model(batch).float()
         if flip:
             logits = torch.stack([logits[0], logits[1].flip(-1)])
-        probs = upsample_logits(logits, (height, width)).softmax(dim=1).sum(dim=0)
-        total = probs if total is None else total + probs
-        count += logits.shape[0]
+        if fuse == "max":
+            if i == 0 and s == 1.0:
+                grid = tuple(logits.shape[-2:])  # type: ignore[assignment]
+            view = upsample_logits(logits, grid).amax(dim=0)
+            total = view if total is None else torch.maximum(total, view)
+        else:
+            view = upsample_logits(logits, (height, width)).softmax(dim=1).sum(dim=0)
+            total = view if total is None else total + view
+            count += logits.shape[0]
     assert total is not None
-    return (total / count).float().cpu().numpy()
+    if fuse == "max":
+        return upsample_logits(total[None], (height, width)).softmax(dim=1)[0].cpu().numpy()
+    return (total / count).cpu().numpy()
 
 
 def load_predictor(path: Path, device: torch.device, options: InferenceOptions) -> Predictor:

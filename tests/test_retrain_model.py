@@ -204,3 +204,68 @@ def test_frozen_batchnorm_stays_frozen_in_train_mode() -> None:
     assert not model.backbone.bn1.training
     assert torch.equal(before, model.backbone.bn1.running_mean)
     assert model.backbone.bn1.weight.grad is None
+
+
+class _ScaleLogits(torch.nn.Module):
+    """Logits that depend only on the input's size: (a, b) at full size 8x8, (c, d) at half size, on a
+    grid of half the input side; flipped inputs give the same constants."""
+
+    def __init__(self, full: tuple[float, float], half: tuple[float, float]) -> None:
+        super().__init__()
+        self.full, self.half = full, half
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = self.full if x.shape[-1] == 8 else self.half
+        out = torch.empty(x.shape[0], 2, x.shape[-2] // 2, x.shape[-1] // 2)
+        out[:, 0], out[:, 1] = values
+        return out
+
+
+def test_deeplab_fuses_scales_by_the_max_of_the_logits() -> None:
+    """DeepLab's reference MSC: pixel-wise max of the views' logits, then the softmax; the other
+    predictors average the views' softmax. Worked by hand with constant logits."""
+    import math
+
+    import numpy as np
+
+    from clipseg_cli.inference import InferenceOptions, multiscale_probs
+    from clipseg_cli.methods.deeplab import DeepLabPredictor
+    from clipseg_cli.methods.refiner import RefinerPredictor
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    model = _ScaleLogits(full=(1.0, 0.0), half=(0.0, 3.0))
+    # max: logits (max(1, 0), max(0, 3)) = (1, 3) -> p(class 1) = e^3 / (e^1 + e^3)
+    want_max = math.exp(3) / (math.exp(1) + math.exp(3))
+    # mean: (softmax(1, 0) + softmax(0, 3)) / 2 for class 1
+    want_mean = (1 / (1 + math.e) + math.exp(3) / (1 + math.exp(3))) / 2
+    for flip in (False, True):
+        got = multiscale_probs(model, IMAGENET_NORM, image, torch.device("cpu"), (0.5, 1.0), flip, fuse="max")
+        assert got.shape == (2, 8, 8) and np.allclose(got[1], want_max, atol=1e-6)
+        got = multiscale_probs(model, IMAGENET_NORM, image, torch.device("cpu"), (0.5, 1.0), flip)
+        assert np.allclose(got[1], want_mean, atol=1e-6)
+    assert DeepLabPredictor.fuse == "max" and RefinerPredictor.fuse == "mean"
+    predictor = DeepLabPredictor(model, IMAGENET_NORM, ["a"], torch.device("cpu"), InferenceOptions((1.0, 0.5), True))
+    assert np.allclose(predictor.probabilities(image)[1], want_max, atol=1e-6)
+
+
+def test_deeplab_max_is_taken_on_the_logit_grid_of_scale_one() -> None:
+    """As MSC: the half-scale logits are resized to the scale-1 logit grid, maxed there, and only
+    the result is resized to the image (not each view to the image first)."""
+    import numpy as np
+
+    from clipseg_cli.inference import multiscale_probs
+
+    torch.manual_seed(0)
+    full, half = torch.randn(1, 3, 3, 3), torch.randn(1, 3, 2, 2)
+
+    class Net(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (full if x.shape[-1] == 12 else half).clone()
+
+    image = np.zeros((12, 12, 3), np.uint8)
+    got = multiscale_probs(Net(), IMAGENET_NORM, image, torch.device("cpu"), (0.5, 1.0), fuse="max")
+    on_grid = torch.maximum(full, F.interpolate(half, size=(3, 3), mode="bilinear", align_corners=False))
+    want = F.interpolate(on_grid, size=(12, 12), mode="bilinear", align_corners=False).softmax(dim=1)[0]
+    assert np.allclose(got, want.numpy(), atol=1e-6)
+    at_image = torch.maximum(*(F.interpolate(v, size=(12, 12), mode="bilinear", align_corners=False) for v in (full, half)))
+    assert not np.allclose(got, at_image.softmax(dim=1)[0].numpy(), atol=1e-3)

@@ -106,7 +106,10 @@ class RetrainConfig(RunConfig):
 
 
 class DeepLabPredictor(SoftmaxPredictor):
-    """A trained DeepLabV2 with its normalisation and test-time scales."""
+    """A trained DeepLabV2 with its normalisation and test-time scales; the views are fused as the
+    reference DeepLab code's MSC does: the pixel-wise max of their logits."""
+
+    fuse = "max"
 
 
 def build_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[DeepLabV2, Normalization]:
