@@ -61,6 +61,8 @@ def _field_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         tp = Optional[inner]
+    if tp is bool and default is True:  # on by default: --no-NAME turns it off
+        flags = (f"{flags[0]}/--no-{flags[0].lstrip('-')}", *flags[1:])
     return _param(f.name, tp, typer.Option(default, *flags, **option))
 
 
