@@ -29,7 +29,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train_args(data: Path, weights: Path, out: Path, *extra: object) -> list[object]:
     return [
         "train-cam", "clims", data / "images", "--labels", data / "labels.json", "--classes", ",".join(NAMES),
-        "--clip-weights", weights, "--arch", "resnet18", "--crop", "32", "--clip-size", "32", "--batch-size", "2",
+        "--weights", weights, "--arch", "resnet18", "--crop", "32", "--clip-size", "32", "--batch-size", "2",
         "--scales", "0.75,1", "--device", "cpu", "--out", out, *extra,
     ]  # fmt: skip
 

@@ -4,7 +4,7 @@
   ResNet, output stride 16, bias-free 1x1 convolution to K maps, frozen BatchNorm statistics) with
   a sigmoid and no pooling. Like the authors, a run starts from a trained CAM network: ``--init
   RUN/last.pt`` of ``train-cam cam`` loads backbone and classifier (a ResNet file: backbone only).
-- Text-driven evaluator: a frozen CLIP with a ViT image tower (``--clip-weights``; the authors used
+- Text-driven evaluator: a frozen CLIP with a ViT image tower (``--weights``: any ViT; the authors used
   ViT-B/32, the default here is the main command's ViT-B/16; never trained, no gradient to its
   weights, but gradients flow *through* it to the CAM). For every labelled class k of an image,
   ``X * P_k`` and ``X * (1 - P_k)`` (pixels in 0..1, both resized to CLIP's input) are encoded with
@@ -51,7 +51,7 @@ from clipseg_cli.data.labels import ImageLabels, saved_image_labels
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
-from clipseg_cli.methods.base import CamMethod, checkpoint_clip, clip_weights_record
+from clipseg_cli.methods.base import CamMethod, checkpoint_clip, clip_weights_record, weights_setting
 from clipseg_cli.methods.cam import ARCHS, CamPredictor, ResNetCAM, load_backbone_init, rebuild
 from clipseg_cli.methods.cam import KIND as CAM_KIND
 from clipseg_cli.segmentation.augment import train_augment
@@ -326,9 +326,10 @@ class ClimsConfig(RunConfig):
     init: Path | None = setting(None, "Start: RUN/last.pt of `train-cam cam` (backbone and classifier, as the authors), or a "
                                 "torchvision-layout ResNet file (backbone only, e.g. resnet50-*.pth); default random.",
                                 defining=False, metavar="FILE")  # fmt: skip
-    weights: Path | None = setting(None, "Frozen CLIP evaluator: any ViT CLIP checkpoint in OpenAI's layout (the authors used "
-                                   "ViT-B/32; default: as the main command, $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt).",
-                                   flags=("--clip-weights",), hidden_flags=("--weights",), defining=False, metavar="FILE")  # fmt: skip
+    weights: Path | None = weights_setting(
+        "Frozen CLIP evaluator: any CLIP checkpoint with a ViT image tower in OpenAI's layout (the authors used ViT-B/32; "
+        "default: as the main command, $WSSS_LABEL_WEIGHTS, else the cached ViT-B-16.pt)."
+    )
     background_prompts: Path | None = setting(None, 'Background words of L_CBS per class, JSON {"class": ["word", ...]} '
                                               "(default: the paper's, boat and train only).", metavar="FILE")  # fmt: skip
     iters: int = setting(6615, "Training iterations (default: 10 epochs of VOC train_aug at batch 16).", minimum=1)
