@@ -122,6 +122,16 @@ def load_backbone_init(net: ResNetCAM, init: InitWeights, arch: str) -> str:
     return f"{init.source} ResNet-{init.depth} backbone from {Path(init.path).name}"
 
 
+def sgd(net: ResNetCAM, lr: float, momentum: float, weight_decay: float = WEIGHT_DECAY) -> torch.optim.SGD:
+    """SGD over the trainable backbone at ``lr`` and the classifier at 10x (IRN's and CLIMS's
+    groups); each group keeps its ``lr_mult`` for :func:`clipseg_cli.training.schedules.set_lr`."""
+    backbone, head = net.trainable()
+    groups = [{"params": backbone, "lr_mult": 1.0}, {"params": head, "lr_mult": HEAD_LR_MULT}]
+    for g in groups:
+        g["lr"] = lr * g["lr_mult"]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
 # -- data ----------------------------------------------------------------------------------------
 class CamImages(LabelledImages):
     """IRN's training crops of labelled images; items ``image`` (3, crop, crop), ``labels`` (K,), ``error``."""
@@ -193,25 +203,17 @@ class Cam(CamMethod):
         self.load_labelled_images(ckpt)
         self.iters = cfg.iters
         seed_everything(cfg.seed)
-        k = len(cfg.class_names)
         if ckpt is not None:
-            mc = ckpt["model_config"]
-            self.model = ResNetCAM(ARCHS[cfg.arch], k, mc.get("style", "pytorch"), int(mc.get("frozen_stages", 0)))
-            self.model.load_state_dict(ckpt["model"], strict=True)
-            self.norm = Normalization.from_dict(mc["normalization"])
+            self.model, self.norm, _ = rebuild(ckpt, ResNetCAM)
             self.init_note = f"resumed from {LAST} (iteration {int(ckpt['iteration'])})"
         else:
             init = read_init(cfg.init) if cfg.init is not None else None
-            self.model = ResNetCAM(ARCHS[cfg.arch], k, init.style if init else "pytorch", cfg.frozen_stages)
+            self.model = ResNetCAM(ARCHS[cfg.arch], len(cfg.class_names), init.style if init else "pytorch", cfg.frozen_stages)
             self.norm, self.init_note = IMAGENET_NORM, "random init"
             if init is not None:
                 self.norm, self.init_note = init.norm, load_backbone_init(self.model, init, cfg.arch)
         self.model.to(self.device)
-        backbone, head = self.model.trainable()
-        groups = [{"params": backbone, "lr_mult": 1.0}, {"params": head, "lr_mult": HEAD_LR_MULT}]
-        for g in groups:
-            g["lr"] = cfg.lr * g["lr_mult"]
-        self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.0, weight_decay=WEIGHT_DECAY)
+        self.optimizer = sgd(self.model, cfg.lr, momentum=0.0)
 
     def describe(self) -> str:
         return (f"cam {self.cfg.arch} on {self.device}: {len(self.keys)} labelled images, "

@@ -52,7 +52,7 @@ from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions
 from clipseg_cli.methods import register
 from clipseg_cli.methods.base import CamMethod, checkpoint_clip, clip_weights_record, weights_setting
-from clipseg_cli.methods.cam import ARCHS, CamPredictor, ResNetCAM, load_backbone_init, rebuild
+from clipseg_cli.methods.cam import ARCHS, CamPredictor, ResNetCAM, load_backbone_init, rebuild, sgd
 from clipseg_cli.methods.cam import KIND as CAM_KIND
 from clipseg_cli.segmentation.augment import train_augment
 from clipseg_cli.segmentation.deeplab import IMAGENET_NORM, Normalization
@@ -70,7 +70,7 @@ KIND = "cam.clims"
 OBJECT_TEMPLATE = "a photo of {}."
 BACKGROUND_FILE = "clims-background.json"
 SIM_CLAMP = (1e-4, 1.0 - 1e-4)
-MOMENTUM, WEIGHT_DECAY, HEAD_LR_MULT = 0.9, 1e-4, 10.0
+MOMENTUM = 0.9
 CAA_LAMBDA = 0.4  # box threshold of CAA (CLIP-ES's VOC setting)
 
 # Loss weights and evaluator settings (all `train-cam clims` options); saved in the checkpoint.
@@ -388,13 +388,7 @@ class Clims(CamMethod):
             self.model, self.norm, self.init_note = build_camnet(cfg.arch, cfg.class_names, cfg.init)
         self.model.to(self.device)
         self.evaluator = ClimsEvaluator(self.clip, cfg.class_names, self.bg_prompts, int(cfg.clip_size)).to(self.device)
-        groups = [
-            {"params": list(self.model.backbone.parameters()), "lr_mult": 1.0},
-            {"params": list(self.model.classifier.parameters()), "lr_mult": HEAD_LR_MULT},
-        ]
-        for g in groups:
-            g["lr"] = cfg.lr * g["lr_mult"]
-        self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        self.optimizer = sgd(self.model, cfg.lr, momentum=MOMENTUM)
 
     def describe(self) -> str:
         return (f"clims {self.cfg.arch} on {self.device}: {len(self.keys)} labelled images, "
