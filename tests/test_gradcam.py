@@ -55,3 +55,59 @@ def test_frozen_pass_sums_the_last_blocks_attention(model) -> None:
     assert frozen.attention_count == 2  # blocks 4 and 5 of 6; the last block is the Grad-CAM pass
     rows = frozen.attention_sum.sum(dim=-1)
     torch.testing.assert_close(rows, torch.full_like(rows, 2.0))
+
+
+@pytest.mark.parametrize("impl", [AutogradSoftmaxGradCAM, FusedSoftmaxGradCAM])
+def test_a_left_out_text_is_as_if_absent(model, impl) -> None:  # type: ignore[no-untyped-def]
+    """Targets.exclude: channel k's softmax runs without the texts exclude[k], exactly as if they
+    were not in the text set; the fused backward agrees with autograd's on it."""
+    torch.manual_seed(2)
+    image = torch.randn(1, 3, 48, 64)
+    texts = torch.nn.functional.normalize(torch.randn(5, 48), dim=-1)
+    frozen = run_frozen_blocks(model.visual, image)
+    channels = Targets.single(texts, [0, 1, 3])
+    channels.exclude = torch.tensor([[0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    left_out, _ = impl()(model.visual, frozen, channels, model.logit_scale)
+    alone0, _ = impl()(model.visual, frozen, Targets.single(texts[[0, 2, 3, 4]], [0]), model.logit_scale)
+    alone1, _ = impl()(model.visual, frozen, Targets.single(texts[[1, 2, 3, 4]], [0]), model.logit_scale)
+    whole, _ = impl()(model.visual, frozen, Targets.single(texts, [3]), model.logit_scale)
+    torch.testing.assert_close(left_out[0], alone0[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(left_out[1], alone1[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(left_out[2], whole[0], atol=1e-5, rtol=0)
+    _, w, _ = FusedSoftmaxGradCAM().channel_weights(model.visual, frozen, channels, model.logit_scale)
+    _, w_ref, _ = AutogradSoftmaxGradCAM().channel_weights(model.visual, frozen, channels, model.logit_scale)
+    scale = w_ref.abs().max()
+    torch.testing.assert_close(w / scale, w_ref / scale, atol=2e-5, rtol=0)
+
+
+def test_synonyms_cam_gives_each_synonym_its_own_softmax(golden_weights) -> None:  # type: ignore[no-untyped-def]
+    """--synonyms cam: the CAM of a class with synonyms (cat, kitten) is the max of the CAM of "cat"
+    and that of "kitten", each from a softmax against the other labels and the background only, i.e.
+    what --synonyms sentence gives with the prompt "cat", and with "kitten"; in one shared softmax
+    the synonyms would compete, and the CAMs differ. Batched with another image, the same."""
+    from clipseg_cli.cam.pipeline import CLIPESPredictor, CLIPESSettings
+    from clipseg_cli.clip.loading import load_clip
+    from clipseg_cli.data.classes import ClassSet
+
+    clip = load_clip(golden_weights, "cpu")
+    tensor = torch.randn(1, 3, 64, 48, generator=torch.Generator().manual_seed(3))
+
+    def predictor(prompts: tuple[str, str], synonyms: tuple[tuple[str, ...], ...], mode: str) -> CLIPESPredictor:
+        classes = ClassSet("t", ("cat", "dog"), prompts, synonyms, ("sky", "wall"))
+        return CLIPESPredictor(clip, classes, CLIPESSettings(synonyms=mode))  # type: ignore[arg-type]
+
+    pair = predictor(("cat", "dog"), (("cat", "kitten"), ("dog",)), "cam")
+    both = pair.grid_cams(tensor, [0, 1])[0]
+    cat = predictor(("cat", "dog"), (("cat",), ("dog",)), "sentence").grid_cams(tensor, [0, 1])[0]
+    kitten = predictor(("kitten", "dog"), (("kitten",), ("dog",)), "sentence").grid_cams(tensor, [0, 1])[0]
+    np.testing.assert_allclose(both[0], np.maximum(cat[0], kitten[0]), atol=1e-5)
+    assert not np.allclose(cat[0], kitten[0], atol=1e-2)  # the synonyms' CAMs differ, so the max is a real choice
+    batched = pair.grid_maps(torch.cat([tensor, tensor.flip(-1)]), [[0, 1], [1, 0]]).cams.cpu().numpy()
+    np.testing.assert_allclose(batched[:2], both, atol=1e-5)
+
+    targets, _ = pair.targets([[0, 1]])
+    targets.exclude = None  # one softmax over every text, synonyms included
+    frozen = run_frozen_blocks(clip.visual, tensor)
+    shared, _ = pair.gradcam(clip.visual, frozen, targets, clip.logit_scale)
+    shared = shared.cpu().numpy()
+    assert targets.index.tolist() == [0, 1, 2] and not np.allclose(np.maximum(shared[0], shared[1]), both[0], atol=1e-3)

@@ -45,13 +45,15 @@ class Targets:
     """The Grad-CAM channels of a batch: channel k is text ``index[k]`` in image ``owner[k]``'s softmax.
 
     ``texts`` holds every text of the batch once; image b's softmax runs over the texts
-    where ``member[b]`` is True (its labels and the background set).
+    where ``member[b]`` is True (its labels and the background set), channel k's without the
+    texts where ``exclude[k]`` is True (``--synonyms cam``: the other synonyms of its label).
     """
 
     texts: torch.Tensor  # (M, E) float32, L2-normalised
     member: torch.Tensor  # (B, M) bool
     owner: torch.Tensor  # (K,) long
     index: torch.Tensor  # (K,) long
+    exclude: torch.Tensor | None = None  # (K, M) bool; None: every channel uses its image's softmax
 
     @classmethod
     def single(cls, texts: torch.Tensor, targets: Sequence[int]) -> Targets:
@@ -90,7 +92,13 @@ class Targets:
         return lhs @ rhs.index_select(0, self.owner)
 
     def chunk(self, start: int, stop: int) -> Targets:
-        return Targets(self.texts, self.member, self.owner[start:stop], self.index[start:stop])
+        exclude = None if self.exclude is None else self.exclude[start:stop]
+        return Targets(self.texts, self.member, self.owner[start:stop], self.index[start:stop], exclude)
+
+    def channel_member(self) -> torch.Tensor:
+        """(K, M): the texts of each channel's softmax."""
+        member = self.per_channel(self.member)
+        return member if self.exclude is None else member & ~self.exclude
 
 
 @torch.no_grad()
@@ -172,6 +180,8 @@ class AutogradSoftmaxGradCAM(SoftmaxGradCAM):
                 logits = logit_scale.exp() * embedding @ targets.texts.to(embedding.dtype).T
                 probs = _masked_softmax(logits, targets.member[b : b + 1])[0]
                 for k in (k for k, o in enumerate(owners) if o == b):
+                    if targets.exclude is not None:  # this channel's own softmax
+                        probs = _masked_softmax(logits, (targets.member[b] & ~targets.exclude[k])[None])[0]
                     grad = torch.autograd.grad(probs[targets.index[k]], a, retain_graph=True)[0][0, 1:]
                     weights[k] = grad.float().mean(dim=0)
             acts.append(a.detach()[0, 1:].float())
@@ -238,8 +248,9 @@ class FusedSoftmaxGradCAM(SoftmaxGradCAM):
         norm = embedding.norm(dim=-1, keepdim=True)
         unit = embedding / norm
         text = targets.texts.float()
-        probs_text = _masked_softmax(logit_scale.exp() * unit @ text.T, targets.member)  # (B, M)
-        saved = _LastBlock(a, q_scaled, k, v, z_hat, rstd2, pre, sig, y_hat, rstd_post, unit, norm, probs_text)
+        logits = logit_scale.exp() * unit @ text.T  # (B, M)
+        probs_text = _masked_softmax(logits, targets.member)
+        saved = _LastBlock(a, q_scaled, k, v, z_hat, rstd2, pre, sig, y_hat, rstd_post, unit, norm, probs_text, logits)
 
         # The label-dependent backward, in chunks of channels so memory stays bounded.
         per_chunk = max(1, BACKWARD_CHUNK_ELEMENTS // (n_tokens * max(4 * width, n_tokens)))
@@ -262,7 +273,7 @@ class FusedSoftmaxGradCAM(SoftmaxGradCAM):
 
         # From the softmax to the pooled patch features.
         text = targets.texts.float()
-        p = per(s.probs_text)  # (K, M)
+        p = per(s.probs_text) if targets.exclude is None else _masked_softmax(per(s.logits), targets.channel_member())  # (K, M)
         one_hot = torch.zeros_like(p)
         one_hot[torch.arange(n_targets, device=device), targets.index] = 1.0
         g_logits = p.gather(1, targets.index[:, None]) * (one_hot - p)  # d s_k / d logits
@@ -337,3 +348,4 @@ class _LastBlock:
     unit: torch.Tensor
     norm: torch.Tensor
     probs_text: torch.Tensor
+    logits: torch.Tensor  # (B, M): for channels with their own softmax (Targets.exclude)

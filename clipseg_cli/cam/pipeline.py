@@ -126,7 +126,9 @@ class CLIPESPredictor:
         """The batch's Grad-CAM channels, and for synonyms=cam the label each channel is fused into.
 
         Texts: each image's softmax runs over [its labels' texts, in order] + [the background
-        set], as if it were alone; texts shared between images are encoded once.
+        set], as if it were alone; texts shared between images are encoded once. With
+        synonyms=cam each synonym's channel leaves the other synonyms of its label out of its
+        softmax (``Targets.exclude``), so they do not suppress each other.
         """
         mode = self.settings.synonyms
         rows: dict[tuple, int] = {}
@@ -170,7 +172,13 @@ class CLIPESPredictor:
             owner=to_device(torch.tensor(owner, dtype=torch.long), device),
             index=to_device(torch.tensor(index, dtype=torch.long), device),
         )
-        fused = to_device(torch.tensor(fused_into, dtype=torch.long), device) if mode == "cam" else None
+        fused = None
+        if mode == "cam":  # each synonym's softmax without the other synonyms of its label
+            exclude = torch.zeros(len(index), len(specs), dtype=torch.bool)
+            for k, label in enumerate(fused_into):
+                exclude[k, [r for r, other in zip(index, fused_into) if other == label and r != index[k]]] = True
+            targets.exclude = to_device(exclude, device)
+            fused = to_device(torch.tensor(fused_into, dtype=torch.long), device)
         return targets, fused
 
     def _features(self, specs: list[tuple[str, tuple[str, ...]]], labels_per_image: Sequence[Sequence[int]]) -> torch.Tensor:
