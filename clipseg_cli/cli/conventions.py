@@ -25,12 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import typer
+from typer import _click  # Typer's own copy of Click (Typer >= 0.26; the range is pinned in pyproject.toml)
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
-
-try:  # Typer >= 0.22 carries its own copy of Click
-    from typer import _click
-except ImportError:  # pragma: no cover - older Typer on the Click package
-    import click as _click  # type: ignore[no-redef]
 
 from clipseg_cli.cli.console import console, warn
 from clipseg_cli.errors import EXIT_INTERRUPTED, EXIT_USAGE
