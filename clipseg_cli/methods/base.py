@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence, Ty
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from clipseg_cli.data.images import list_images
 from clipseg_cli.data.labels import ImageLabels, labels_for_images, saved_image_labels
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.training.config import RunConfig, setting
+from clipseg_cli.training.data import resolve_workers, stream_loader
 from clipseg_cli.training.engine import TrainingHooks
 from clipseg_cli.training.reporting import QuietReporter
 
@@ -150,6 +152,12 @@ class LearnedMethod(TrainingHooks):
         raise NotImplementedError
 
     # -- helpers the methods share --
+    def stream(self, dataset: Dataset, start: int) -> DataLoader:
+        """The batches of ``dataset`` for iterations ``start`` .. ``iters - 1``: the run's sample stream
+        (:func:`clipseg_cli.training.data.stream_loader`) at its batch size, seed and ``--workers``."""
+        cfg = self.cfg
+        return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device), self.device)
+
     def training_labels(self, ckpt: Mapping[str, Any] | None) -> ImageLabels:
         """Mask values of the labelled training images: from ``inputs.labels``, else (``--resume``)
         the run's saved labels; ConfigError when there are none."""

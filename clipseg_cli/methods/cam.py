@@ -40,7 +40,7 @@ from clipseg_cli.segmentation.deeplab import IMAGENET_NORM, Normalization
 from clipseg_cli.segmentation.init_weights import InitWeights, read_init
 from clipseg_cli.segmentation.resnet import ResNet
 from clipseg_cli.training.config import RunConfig, setting
-from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_everything, stream_loader
+from clipseg_cli.training.data import LabelledImages, seed_everything
 from clipseg_cli.training.run import LAST
 from clipseg_cli.training.schedules import poly_lr, set_lr
 
@@ -224,8 +224,7 @@ class Cam(CamMethod):
         labels = [self.image_labels[k] for k in self.keys]
         resize = (float(cfg.resize_long[0]), float(cfg.resize_long[1]))
         dataset = CamImages(self.paths, labels, len(cfg.class_names), self.norm, resize, cfg.crop, cfg.seed)
-        return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device),
-                             self.device)  # fmt: skip
+        return self.stream(dataset, start)
 
     def schedule(self, iteration: int) -> dict[str, Any]:
         lr = poly_lr(self.cfg.lr, iteration, self.iters, POWER)

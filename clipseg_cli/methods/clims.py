@@ -58,7 +58,7 @@ from clipseg_cli.segmentation.augment import train_augment
 from clipseg_cli.segmentation.deeplab import IMAGENET_NORM, Normalization
 from clipseg_cli.segmentation.init_weights import read_init
 from clipseg_cli.training.config import RunConfig, setting
-from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_everything, stream_loader
+from clipseg_cli.training.data import LabelledImages, seed_everything
 from clipseg_cli.training.run import LAST
 from clipseg_cli.training.schedules import cosine_lr, set_lr
 
@@ -398,8 +398,7 @@ class Clims(CamMethod):
         cfg = self.cfg
         labels = [self.image_labels[k] for k in self.keys]
         dataset = ClimsDataset(self.paths, labels, len(cfg.class_names), self.norm, cfg.scales, cfg.crop, cfg.seed)
-        return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device),
-                             self.device)  # fmt: skip
+        return self.stream(dataset, start)
 
     def schedule(self, iteration: int) -> dict[str, Any]:
         lr = cosine_lr(self.cfg.lr, iteration, self.iters)

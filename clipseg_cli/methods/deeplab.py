@@ -42,7 +42,7 @@ from clipseg_cli.segmentation.losses import balanced_ce, confidence_guided_ce
 from clipseg_cli.segmentation.validate import evaluate_pairs
 from clipseg_cli.training.checkpoint import make_checkpoint, save_checkpoint
 from clipseg_cli.training.config import RunConfig, setting
-from clipseg_cli.training.data import resolve_workers, seed_everything, stream_loader
+from clipseg_cli.training.data import seed_everything
 from clipseg_cli.training.run import BEST, VAL
 from clipseg_cli.training.schedules import poly_lr, set_lr
 
@@ -202,8 +202,7 @@ class DeepLabRetrain(LearnedMethod):
     def batches(self, start: int) -> Iterable[Any]:
         cfg = self.cfg
         dataset = PseudoMaskDataset(self.pairs, self.num_classes, self.norm, cfg.scales, cfg.crop, cfg.seed)
-        return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device),
-                             self.device)  # fmt: skip
+        return self.stream(dataset, start)
 
     def schedule(self, iteration: int) -> dict[str, Any]:
         lr = poly_lr(self.cfg.lr, iteration, self.iters, self.cfg.power)

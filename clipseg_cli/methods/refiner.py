@@ -41,7 +41,7 @@ from clipseg_cli.methods.base import (
 from clipseg_cli.segmentation.dataset import Pair, PseudoMaskDataset, check_pair_sizes, find_pairs
 from clipseg_cli.segmentation.deeplab import Normalization
 from clipseg_cli.training.config import RunConfig, setting
-from clipseg_cli.training.data import resolve_workers, seed_everything, stream_loader
+from clipseg_cli.training.data import seed_everything
 from clipseg_cli.training.schedules import set_lr, warmup_cosine_lr
 
 if TYPE_CHECKING:
@@ -227,8 +227,7 @@ class RefinerMethod(LearnedMethod):
         labels = [self.image_labels[p.key] for p in self.pairs]
         dataset = RefineDataset(self.pairs, labels, self.num_classes, self.model.normalization, cfg.scales, cfg.crop,
                                 cfg.seed)  # fmt: skip
-        return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device),
-                             self.device)  # fmt: skip
+        return self.stream(dataset, start)
 
     def schedule(self, iteration: int) -> dict[str, Any]:
         lr = warmup_cosine_lr(self.cfg.lr, iteration, self.iters, self.cfg.warmup, MIN_LR_FRACTION, WARMUP_START)

@@ -48,7 +48,7 @@ from clipseg_cli.methods.base import CamMethod, model_mismatch
 from clipseg_cli.methods.vit_backbone import TimmViT, ViTConfig, build_backbone, patch_tokens, vit_width
 from clipseg_cli.segmentation.deeplab import Normalization
 from clipseg_cli.training.config import setting
-from clipseg_cli.training.data import LabelledImages, resolve_workers, seed_everything, stream_loader
+from clipseg_cli.training.data import LabelledImages, seed_everything
 
 KIND = "cam.vitpcm"
 DEFAULT_EPOCHS = 10
@@ -307,8 +307,7 @@ class VitPcm(CamMethod):
         cfg = self.cfg
         labels = [self.image_labels[k] for k in self.keys]
         dataset = ResizedImages(self.paths, labels, len(cfg.class_names), self.norm, cfg.size, cfg.seed, cfg.jitter)
-        return stream_loader(dataset, cfg.batch, cfg.seed, start, self.iters, resolve_workers(cfg.workers, self.device),
-                             self.device)  # fmt: skip
+        return self.stream(dataset, start)
 
     def schedule(self, iteration: int) -> dict[str, Any]:
         """Frozen phase: the head at --lr; then the head and the last blocks at --lr-finetune."""
