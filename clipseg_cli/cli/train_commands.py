@@ -24,6 +24,7 @@ from clipseg_cli.cli import conventions as cv
 from clipseg_cli.cli.console import console, handle_errors
 from clipseg_cli.errors import EXIT_OK, ConfigError
 from clipseg_cli.io.lock import output_lock
+from clipseg_cli.training.config import flag_of, parse_scales
 
 if typing.TYPE_CHECKING:
     from clipseg_cli.methods.base import LearnedMethod
@@ -41,12 +42,10 @@ def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 
 def _field_param(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
     """The Typer argument or option of a config field."""
-    from clipseg_cli.training.config import flag_of
-
     meta = f.metadata
     if meta.get("argument"):
         return _param(f.name, Path, typer.Argument(..., help=meta["help"], metavar=meta.get("metavar")))
-    flags = (*(meta.get("flags") or (flag_of(f),)),)
+    flags = tuple(meta.get("flags") or (flag_of(f),))
     if f.default is not dataclasses.MISSING:
         default = f.default
     elif f.default_factory is not dataclasses.MISSING:
@@ -87,7 +86,6 @@ def _cli_fields(configs: Sequence[type[RunConfig]]) -> list[tuple[dataclasses.Fi
 def build_config(method: type[LearnedMethod], values: dict[str, Any], classes: str) -> RunConfig:
     """The method's config from the parsed command line (scales parsed, classes loaded)."""
     from clipseg_cli.data.classes import load_class_set
-    from clipseg_cli.training.config import flag_of, parse_scales
 
     class_set = load_class_set(classes)
     kwargs: dict[str, Any] = {}
@@ -157,7 +155,7 @@ def make_command(
     params += [_field_param(f, tp) for f, tp in fields if not f.metadata.get("argument")]
     params += [*extra, _param("resume", bool, cv.resume_option()), _param("device", str, cv.device_option())]
     by_name = {m.name: m for m in methods}
-    field_flags = {f.name: f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),) for f, _ in fields}
+    field_flags = {f.name: flag_of(f) for f, _ in fields}
 
     @handle_errors(interrupted=INTERRUPTED)
     def run(values: dict[str, Any], explicit: list[str]) -> int:
@@ -165,7 +163,7 @@ def make_command(
         own = {f.name for f in dataclasses.fields(method.Config)}
         for name in explicit:
             if name in field_flags and name not in own:
-                raise ConfigError(f"{field_flags[name][0]} is not a setting of the {method.name} {method.family}")
+                raise ConfigError(f"{field_flags[name]} is not a setting of the {method.name} {method.family}")
         if adapt is not None:
             adapt(values, explicit)
         with output_lock(values["out"]):  # one run per run folder, checked before anything loads
@@ -188,7 +186,7 @@ def command_class(methods: Sequence[type[LearnedMethod]]) -> type[cv.WsssCommand
     for m in methods:
         for f in dataclasses.fields(m.Config):
             for old in f.metadata.get("hidden_flags") or ():
-                renamed[old.lstrip("-").replace("-", "_")] = (f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),))[0]
+                renamed[old.lstrip("-").replace("-", "_")] = flag_of(f)
     return cv.command_class(**renamed)
 
 
