@@ -25,7 +25,7 @@ from torch import nn
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.inference import InferenceOptions, SoftmaxPredictor, multiscale_probs
 from clipseg_cli.methods import register
-from clipseg_cli.methods.base import LearnedMethod
+from clipseg_cli.methods.base import LearnedMethod, model_mismatch
 from clipseg_cli.segmentation.dataset import PseudoMaskDataset, check_pair_sizes, find_pairs
 from clipseg_cli.segmentation.deeplab import (
     ARCHS,
@@ -119,10 +119,8 @@ def build_from_checkpoint(ckpt: Mapping[str, Any]) -> tuple[DeepLabV2, Normaliza
         model = build_deeplabv2(cfg["arch"], int(cfg["num_classes"]), cfg.get("style", "pytorch"))
         model.load_state_dict(ckpt["model"], strict=True)
         norm = Normalization.from_dict(cfg["normalization"])
-    except ConfigError:
-        raise
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise ConfigError(f"checkpoint does not match its model_config ({str(exc).splitlines()[0][:160]})") from None
+        raise model_mismatch(exc) from None
     return model, norm
 
 
