@@ -15,6 +15,7 @@ from clipseg_cli.cli.console import handle_errors
 from clipseg_cli.cli.train_commands import command_class, make_command
 from clipseg_cli.errors import ConfigError
 from clipseg_cli.io.lock import holds_output
+from clipseg_cli.methods.refiner import DEFAULT_WARMUP
 from clipseg_cli.training.config import parse_scales
 
 refine_app = cv.make_app(
@@ -22,11 +23,9 @@ refine_app = cv.make_app(
     help="Learned refiners: train a network on the seed masks of `wsss-label label`, then predict better masks.",
 )
 
-DEFAULT_WARMUP = 0.075  # of --iters (WeakCLIP's 1500 of 20000)
-
 
 def _warmup_fraction(warmup_iters: Optional[int], warmup: Optional[float], iters: int) -> float:
-    """The warm-up as the fraction of --iters RefineConfig keeps: from --warmup-iters, or the
+    """The warm-up as the fraction of --iters RefinerConfig keeps: from --warmup-iters, or the
     deprecated --warmup (a fraction), or the default."""
     if warmup is not None:
         cv.warn_deprecated("--warmup", f"--warmup-iters N (here {round(warmup * iters)})")

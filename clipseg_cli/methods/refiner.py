@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 CLIP_NORM = Normalization(tuple(255.0 * m for m in CLIP_MEAN), tuple(255.0 * s for s in CLIP_STD), bgr=False)  # type: ignore[arg-type]
 MIN_LR_FRACTION = 0.01  # cosine decay ends at 1% of --lr (the reference: 1e-4 -> 1e-6)
 WARMUP_START = 1e-6  # linear warm-up starts at this fraction of the scheduled lr (mmseg's warmup_ratio)
+DEFAULT_WARMUP = 0.075  # of --iters: WeakCLIP's 1500 warm-up iterations of 20000
 
 
 # -- the network contract ------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class RefinerConfig(RunConfig):
     lr: float = setting(1e-4, "AdamW learning rate (cosine decay to 1% of it).", positive=True)
     weight_decay: float = setting(3e-5, "AdamW weight decay.", minimum=0)
     # the fraction of --iters with linear warm-up; the command line gives it as --warmup-iters N
-    warmup: float = setting(0.075, "Fraction of --iters with linear warm-up.", cli=False)
+    warmup: float = setting(DEFAULT_WARMUP, "Fraction of --iters with linear warm-up.", cli=False)
     skip_missing: bool = setting(False, "Train on the labelled images that have a seed mask instead of stopping.",
                                  defining=False)  # fmt: skip
 
