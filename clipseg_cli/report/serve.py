@@ -112,14 +112,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # the library prints nothing; the command says what it needs to
 
     # ---- answers --------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", cache: bool = False) -> None:
+    def _headers(self, status: int, content_type: str, length: int, cache_control: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
-        self.send_header("Cache-Control", "max-age=60" if cache else "no-store")
+        self.send_header("Cache-Control", cache_control)
         self.end_headers()
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self._headers(status, content_type, len(body), "no-store")
         if self.command != "HEAD":
             self.wfile.write(body)
 
@@ -139,14 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(HTTPStatus.NOT_FOUND, "not found")
             return
         with handle:
-            size = os.fstat(handle.fileno()).st_size
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(size))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Referrer-Policy", "no-referrer")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
+            self._headers(HTTPStatus.OK, ctype, os.fstat(handle.fileno()).st_size, "no-cache")
             if self.command != "HEAD":
                 shutil.copyfileobj(handle, self.wfile)
 
