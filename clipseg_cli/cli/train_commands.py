@@ -101,7 +101,8 @@ def build_config(method: type[LearnedMethod], values: dict[str, Any], classes: s
 def run_training(method: type[LearnedMethod], values: dict[str, Any], explicit: list[str]) -> int:
     """One training run from the command line: config, labels, CLIP loader, progress, summary."""
     from clipseg_cli.cli.common import load_clip_model
-    from clipseg_cli.cli.training_bar import TrainingReporter, training_progress
+    from clipseg_cli.cli.progress import Progress
+    from clipseg_cli.cli.training_bar import TrainingReporter
     from clipseg_cli.data.labels import read_label_source
     from clipseg_cli.device import resolve_device
     from clipseg_cli.methods.base import MethodInputs
@@ -117,7 +118,7 @@ def run_training(method: type[LearnedMethod], values: dict[str, Any], explicit: 
     fields = [f.name for f in dataclasses.fields(cfg)]
     explicit_fields = [n for n in explicit if n in fields] + (["class_names"] if "classes" in explicit else [])
     inputs = MethodInputs(labels=index, load_clip=load_clip_model)
-    progress = training_progress()
+    progress = Progress()
     reporter = TrainingReporter(progress)
     trainer = Trainer(method(cfg, device, inputs), resume=values["resume"], explicit=explicit_fields, reporter=reporter)
     reporter.message(trainer.hooks.describe())

@@ -9,10 +9,6 @@ from __future__ import annotations
 from clipseg_cli.cli.progress import Progress, Task
 
 
-def training_progress() -> Progress:
-    return Progress()
-
-
 class TrainingReporter:
     """What a trainer reports to (``message``, ``start``, ``step``), shown by a :class:`Progress`."""
 
