@@ -132,7 +132,7 @@ def test_out_of_memory_is_one_line(name: str, inputs: dict[str, Path], tmp_path:
     result = Cli()(*args(name, inputs, tmp_path / "run", 2))
     assert result.exit_code == 2
     line = one_error_line(result)
-    assert line.startswith("error: out of CPU memory at --batch ") and line.endswith("; lower them"), line
+    assert line.startswith("error: out of CPU memory at --batch-size ") and line.endswith("; lower them"), line
 
 
 # -- the method contract: a new method is one class ------------------------------------------------

@@ -238,7 +238,7 @@ class Cam(CamMethod):
         return loss, {}
 
     def oom_hint(self) -> str:
-        return f"--batch {self.cfg.batch} --crop {self.cfg.crop}"
+        return f"--batch-size {self.cfg.batch} --crop {self.cfg.crop}"
 
     def model_config(self) -> dict[str, Any]:
         return cam_model_config(self.model, self.cfg.arch, self.norm, method="cam", bg_threshold=self.cfg.bg_threshold)

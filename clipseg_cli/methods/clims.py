@@ -414,7 +414,7 @@ class Clims(CamMethod):
         return clims_loss(sims, cams, y, self.evaluator.bg_valid, self.cfg.options())
 
     def oom_hint(self) -> str:
-        return f"--batch {self.cfg.batch} --crop {self.cfg.crop}"
+        return f"--batch-size {self.cfg.batch} --crop {self.cfg.crop}"
 
     def model_config(self) -> dict[str, Any]:
         return {

@@ -446,7 +446,7 @@ class Dalnet(CamMethod):
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def oom_hint(self) -> str:
-        return f"--batch {self.cfg.batch} --crop {self.cfg.crop}"
+        return f"--batch-size {self.cfg.batch} --crop {self.cfg.crop}"
 
     def model_config(self) -> dict[str, Any]:
         cfg = self.model.model_config()

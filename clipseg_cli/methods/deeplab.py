@@ -213,7 +213,7 @@ class DeepLabRetrain(LearnedMethod):
         return self.loss_fn(self.model(images).float(), masks), {}
 
     def oom_hint(self) -> str:
-        return f"--batch {self.cfg.batch} --crop {self.cfg.crop}"
+        return f"--batch-size {self.cfg.batch} --crop {self.cfg.crop}"
 
     # -- checkpoints --
     def model_config(self) -> dict[str, Any]:

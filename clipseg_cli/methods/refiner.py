@@ -240,7 +240,7 @@ class RefinerMethod(LearnedMethod):
         return self.model.training_loss(self.model(images), batch)
 
     def oom_hint(self) -> str:
-        return f"--batch {self.cfg.batch} --crop {self.cfg.crop}"
+        return f"--batch-size {self.cfg.batch} --crop {self.cfg.crop}"
 
     def model_config(self) -> dict[str, Any]:
         return {**self.model.model_config(), "clip_weights": clip_weights_record(self.weights)}

@@ -326,7 +326,7 @@ class VitPcm(CamMethod):
         return vitpcm_loss(self.model, images, targets, cfg.seed * 1_000_003 + iteration, cfg.l2, cfg.et_weight, cfg.et_loss)
 
     def oom_hint(self) -> str:
-        return f"--batch {self.cfg.batch} --size {self.cfg.size}"
+        return f"--batch-size {self.cfg.batch} --size {self.cfg.size}"
 
     def model_config(self) -> dict[str, Any]:
         return {

@@ -116,7 +116,7 @@ class TrainingHooks:
         """Called before every ``last.pt`` (e.g. validation); ``interrupted`` on Ctrl-C or an error."""
 
     def oom_hint(self) -> str:
-        return f"--batch {self.cfg.batch}"
+        return f"--batch-size {self.cfg.batch}"
 
     def describe(self) -> str:
         """One line about the run for the user (what trains on what)."""
