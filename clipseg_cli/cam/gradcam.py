@@ -250,7 +250,7 @@ class FusedSoftmaxGradCAM(SoftmaxGradCAM):
         text = targets.texts.float()
         logits = logit_scale.exp() * unit @ text.T  # (B, M)
         probs_text = _masked_softmax(logits, targets.member)
-        saved = _LastBlock(a, q_scaled, k, v, z_hat, rstd2, pre, sig, y_hat, rstd_post, unit, norm, probs_text, logits)
+        saved = _LastBlock(q_scaled, k, v, z_hat, rstd2, pre, sig, y_hat, rstd_post, unit, norm, probs_text, logits)
 
         # The label-dependent backward, in chunks of channels so memory stays bounded.
         per_chunk = max(1, BACKWARD_CHUNK_ELEMENTS // (n_tokens * max(4 * width, n_tokens)))
@@ -335,7 +335,6 @@ class FusedSoftmaxGradCAM(SoftmaxGradCAM):
 class _LastBlock:
     """The last block's forward values that the fused backward reads (per image)."""
 
-    a: torch.Tensor
     q_scaled: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
