@@ -122,7 +122,7 @@ class WsssCommand(_HelpWithoutType, TyperCommand):
             name, eq, value = arg.partition("=")
             new = self.aliases.get(name)
             if new and new in declared and name not in declared:
-                warn(f"{name} is deprecated, use {new}")
+                warn_deprecated(name, new)
                 arg = new + eq + value
             out.append(arg)
         return out
@@ -254,10 +254,6 @@ def scales_option(default: str, help: str) -> Any:
     return typer.Option(default, "--scales", metavar="S,S,...", help=help)
 
 
-def iters_option(default: int | None, extra: str = "") -> Any:
-    return typer.Option(default, "--iters", help=f"Training iterations.{extra}")
-
-
 def batch_size_option(default: int | None, extra: str = "", what: str = "Images per training iteration.") -> Any:
     return typer.Option(default, "--batch-size", help=f"{what}{extra}")
 
@@ -270,21 +266,9 @@ def resume_option() -> Any:
     return typer.Option(False, "--resume", help="Continue the run in --out from last.pt exactly.")
 
 
-def save_every_option(default: int, extra: str = "") -> Any:
-    return typer.Option(default, "--save-every", help=f"Write last.pt every N iterations.{extra}")
-
-
-def data_workers_option() -> Any:
-    return typer.Option(-1, "--workers", help="Data-loading processes (-1: 0 on CPU, up to 4 on CUDA).")
-
-
 def review_option(help: str) -> Any:
     """``--review FILE``: a review.json of the gallery (``wsss-label report``)."""
     return typer.Option(None, "--review", metavar="FILE", help=help)
-
-
-def seed_option(help: str = "Seed of initialisation, sample order and augmentation.") -> Any:
-    return typer.Option(0, "--seed", help=help)
 
 
 def deprecated_option(default: Any, name: str, instead: str) -> Any:
