@@ -21,9 +21,14 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def print_error(message: str) -> None:
+    """Print ``error: message`` on one line (every command's errors look so)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
 def fail(message: str, code: int) -> typer.Exit:
     """Print ``error: message`` on one line and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    print_error(message)
     return typer.Exit(code)
 
 

@@ -28,7 +28,7 @@ import typer
 from typer import _click  # Typer's own copy of Click (Typer >= 0.26; the range is pinned in pyproject.toml)
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from clipseg_cli.cli.console import console, warn
+from clipseg_cli.cli.console import print_error, warn
 from clipseg_cli.errors import EXIT_INTERRUPTED, EXIT_USAGE
 
 # Old option name -> new one, for options renamed with the same meaning (the old name keeps working).
@@ -167,12 +167,10 @@ class WsssGroup(_HelpWithoutType, TyperGroup):
             rich_utils.rich_format_error(exc)
             sys.exit(exc.exit_code)
         except _click.exceptions.ClickException as exc:
-            from rich.markup import escape
-
-            console.print(f"[bold red]error:[/] {escape(_one_line(exc))}", soft_wrap=True)
+            print_error(_one_line(exc))
             sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
         except typer.Abort:
-            console.print("[bold red]error:[/] interrupted", soft_wrap=True)
+            print_error("interrupted")
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(result if isinstance(result, int) else 0)
 
