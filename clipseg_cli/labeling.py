@@ -7,7 +7,6 @@ is finished: a rerun (without --overwrite) skips it and so resumes an interrupte
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import posixpath
 import time
 from dataclasses import dataclass, field
@@ -185,7 +184,7 @@ def check_rerun(layout: OutputLayout, plan: Plan, settings: dict[str, Any]) -> l
     message = rerun_conflict(layout.root, old if isinstance(old, dict) else {}, settings, LABEL_DECISIVE)
     if message:
         raise ConfigError(message)
-    recorded = {e["image"]: e.get("labels") for e in record.get("images") or [] if isinstance(e, dict) and "image" in e}
+    recorded = {rel: entry.get("labels") for rel, entry in recorded_images(record).items()}
     relabelled = [
         item for item in plan.done
         if isinstance(recorded.get(item.rel), list) and recorded[item.rel] != list(item.names)
@@ -354,8 +353,9 @@ class LabelJob:
         overwrite resumes by redoing them rather than by keeping masks made with other settings.
         """
         remove_stale_parts(self.layout.root)
-        previous = _previous_entries(self.layout.run_file)
-        self._redos = [] if plan.fresh else _previous_redos(self.layout.run_file)
+        record = read_record(self.layout.run_file)
+        previous = recorded_images(record)
+        self._redos = [] if plan.fresh else _previous_redos(record)
         entries = {item.rel: previous.get(item.rel) or image_entry(item, None) for item in plan.done}
         run_failed: dict[str, str] = {}
         processed = 0
@@ -455,15 +455,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else "no detail"
 
 
-def _previous_redos(path: Path) -> list[dict[str, Any]]:
-    record = read_record(path)
+def recorded_images(record: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The image entries of a run.json record by image path ({} when it has none or they are malformed)."""
+    images = record.get("images") if record is not None else None
+    if not isinstance(images, list):
+        return {}
+    return {e["image"]: e for e in images if isinstance(e, dict) and isinstance(e.get("image"), str)}
+
+
+def _previous_redos(record: dict[str, Any] | None) -> list[dict[str, Any]]:
     redos = record.get("redos") if record is not None else None
     return [r for r in redos if isinstance(r, dict) and isinstance(r.get("n"), int)] if isinstance(redos, list) else []
-
-
-def _previous_entries(path: Path) -> dict[str, dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text())
-        return {e["image"]: e for e in data.get("images", []) if isinstance(e, dict) and "image" in e}
-    except (OSError, ValueError, TypeError, AttributeError):
-        return {}
