@@ -11,7 +11,7 @@ import posixpath
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from clipseg_cli.cam.pipeline import CLIPESPredictor, LabelResult
 from clipseg_cli.data.classes import ClassSet
 from clipseg_cli.data.image_list import image_stem
 from clipseg_cli.data.images import IMAGE_EXTENSIONS, find_images, load_rgb, special_file_reason
-from clipseg_cli.data.labels import LabelIndex
+from clipseg_cli.data.labels import LabelIndex, resolve_labels
 from clipseg_cli.data.limits import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ConfigError, ImageError, OutputWriteError, WsssError
 from clipseg_cli.io.atomic import final_name, is_storage_failure, remove_stale_parts, write_json, write_npz
@@ -93,18 +93,6 @@ class OutputLayout:
     def folders(self) -> list[Path]:
         """The folder and its subfolders that hold outputs (never read as input images)."""
         return [self.root, *(self.root / name for name in OUTPUT_FOLDERS)]
-
-
-def resolve_labels(names: Iterable[str], class_set: ClassSet, image: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    indices: list[int] = []
-    for name in names:
-        if not class_set.has(name):
-            valid = ", ".join(class_set.classes)
-            raise ConfigError(f"unknown class {name!r} for image {image}; valid classes: {valid}")
-        index = class_set.index(name)
-        if index not in indices:
-            indices.append(index)
-    return tuple(indices), tuple(class_set.classes[i] for i in indices)
 
 
 def make_plan(

@@ -13,8 +13,12 @@ import posixpath
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Iterable
 
 from clipseg_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    from clipseg_cli.data.classes import ClassSet
 
 LabelMap = dict[str, list[str]]
 
@@ -179,6 +183,20 @@ def read_voc_annotations(folder: Path) -> LabelIndex:
     return LabelIndex(result, str(folder))
 
 
+def resolve_labels(names: Iterable[str], class_set: ClassSet, image: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Class indices and names of ``names`` (matched as ``class_set`` matches them), each once, in
+    order; an unknown name is a ConfigError listing the valid classes."""
+    indices: list[int] = []
+    for name in names:
+        if not class_set.has(name):
+            valid = ", ".join(class_set.classes)
+            raise ConfigError(f"unknown class {name!r} for image {image}; valid classes: {valid}")
+        index = class_set.index(name)
+        if index not in indices:
+            indices.append(index)
+    return tuple(indices), tuple(class_set.classes[i] for i in indices)
+
+
 # -- labels of training images -------------------------------------------------------------------
 ImageLabels = dict[str, list[int]]  # image key -> mask values (1 + class index) it is labelled with
 
@@ -208,14 +226,8 @@ def labels_for_images(index: LabelIndex, images: Path, class_names: list[str] | 
         found = index.lookup(rel)
         if not found:
             continue
-        values: list[int] = []
-        for name in found:
-            if not lookup.has(name):
-                raise ConfigError(f"unknown class {name!r} for image {rel}; valid classes: {', '.join(names)}")
-            value = 1 + lookup.index(name)
-            if value not in values:
-                values.append(value)
-        result[key] = values
+        indices, _ = resolve_labels(found, lookup, rel)
+        result[key] = [1 + i for i in indices]
     return result
 
 
