@@ -95,6 +95,16 @@ class OutputLayout:
         return [self.root, *(self.root / name for name in OUTPUT_FOLDERS)]
 
 
+def input_images(images_root: Path, layout: OutputLayout, only: Sequence[str] | None = None) -> list[str]:
+    """The images under ``images_root`` a run into ``layout`` reads (its output folders left out),
+    sorted; with ``only`` (``--list``: stems) just the listed ones."""
+    found = find_images(images_root, exclude=layout.folders())
+    if only is None:
+        return found
+    listed = set(only)
+    return [rel for rel in found if image_stem(rel) in listed]
+
+
 def make_plan(
     images_root: Path,
     labels: LabelIndex,
@@ -111,10 +121,8 @@ def make_plan(
     image that is not in the folder is a failure.
     """
     plan = Plan(fresh=overwrite)
-    found = find_images(images_root, exclude=layout.folders())
+    found = input_images(images_root, layout, only)
     listed = None if only is None else set(only)
-    if listed is not None:
-        found = [rel for rel in found if image_stem(rel) in listed]
     used_keys: set[str] = set()
     outputs: dict[str, str] = {}
     for rel in found:

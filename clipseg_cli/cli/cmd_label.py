@@ -363,10 +363,8 @@ def _auto_labels(
         read_auto_labels,
         write_auto_labels,
     )
-    from clipseg_cli.data.image_list import image_stem
-    from clipseg_cli.data.images import find_images
     from clipseg_cli.data.labels import LabelIndex
-    from clipseg_cli.labeling import LABEL_DECISIVE
+    from clipseg_cli.labeling import LABEL_DECISIVE, input_images
     from clipseg_cli.run_settings import read_record, rerun_conflict
 
     path = layout.root / AUTO_LABELS_FILE
@@ -377,11 +375,7 @@ def _auto_labels(
         message = rerun_conflict(layout.root, old if isinstance(old, dict) else None, run_settings, LABEL_DECISIVE)
         if message:
             raise ConfigError(message)
-    found = find_images(images, exclude=layout.folders())
-    if only is not None:
-        listed = set(only)
-        found = [rel for rel in found if image_stem(rel) in listed]
-    todo = [rel for rel in found if rel not in previous]
+    todo = [rel for rel in input_images(images, layout, only) if rel not in previous]
     predictor = None
     result = AutoLabelRun({}, {})
     if todo:
