@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from clipseg_cli.data.image_list import read_image_list
+from clipseg_cli.data.image_list import image_stem, read_image_list
 from clipseg_cli.errors import ConfigError
 
 Tick = Callable[[], None]
@@ -147,7 +147,7 @@ class Scored:
 
 def scoreable(out: Path, gt: Path, stems: Sequence[str], run: dict[str, Any]) -> Scored:
     """Split images with a GT PNG, a mask and CAMs in OUT; ``run`` is OUT's run.json."""
-    skipped = {_stem(str(e.get("image"))) for e in run.get("skipped") or [] if isinstance(e, dict)}
+    skipped = {image_stem(str(e.get("image"))) for e in run.get("skipped") or [] if isinstance(e, dict)}
     result = Scored([], [], [], [])
     for stem in stems:
         if not (gt / f"{stem}.png").is_file():
@@ -184,17 +184,11 @@ def seconds_per_image(run: dict[str, Any], stems: Sequence[str]) -> dict[str, An
     wanted = set(stems)
     times = [
         e["seconds"] for e in run.get("images") or []
-        if isinstance(e, dict) and isinstance(e.get("seconds"), dict) and _stem(str(e.get("image"))) in wanted
+        if isinstance(e, dict) and isinstance(e.get("seconds"), dict) and image_stem(str(e.get("image"))) in wanted
     ]  # fmt: skip
     means: dict[str, Any] = {key: _mean([float(t[key]) for t in times if key in t]) for key in ("cam", "crf", "total")}
     means["images"] = len(times)
     return means
-
-
-def _stem(rel: str) -> str:
-    from clipseg_cli.data.image_list import image_stem
-
-    return image_stem(rel)
 
 
 def build_table(dataset: Dataset, reports: dict[str, dict[str, Any]], scored: Scored, n_listed: int, run: dict[str, Any]) -> dict[str, Any]:
