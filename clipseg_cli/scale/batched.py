@@ -311,15 +311,16 @@ class BatchPipeline(Pipeline):
             keys.remove(key := batch_key(head_future.result()[0]))
             keys.insert(0, key)
         for key in keys:
-            limit = images_per_batch(self.batch_size, 1 + (key[0] // self.patch) * (key[1] // self.patch))
-            if len(ready[key]) >= limit:
-                return self._take(ready[key][:limit])
+            if len(ready[key]) >= self._limit(key):
+                return self._take(ready[key][: self._limit(key)])
         window_full = not self._pending or len(self._prep) >= self.prefetch
         if head_future.done() and window_full and all(f.done() for _, f in self._prep):
-            key = keys[0]
-            limit = images_per_batch(self.batch_size, 1 + (key[0] // self.patch) * (key[1] // self.patch))
-            return self._take(ready[key][:limit])
+            return self._take(ready[keys[0]][: self._limit(keys[0])])
         return None
+
+    def _limit(self, key: tuple[int, int]) -> int:
+        """Images per batch for inputs of padded size ``key`` (one class token and the patch grid)."""
+        return images_per_batch(self.batch_size, 1 + (key[0] // self.patch) * (key[1] // self.patch))
 
     def _take(self, group: list[tuple[WorkItem, Any]]) -> list[tuple[WorkItem, Any]]:
         chosen = {item.rel for item, _ in group}
