@@ -89,7 +89,7 @@ def finish_on_device(
     with ``keep_maps``. Nothing here waits for the device (the CRF may, once per batch, to
     build its lattice).
     """
-    probs, work_refined_maps = [], []
+    probs, full_refined = [], []
     for image, (_, grid_refined) in zip(images, grid_maps):
         work_h, work_w = image.work_size
         refined = resize_bilinear(grid_refined, *image.size)
@@ -99,7 +99,7 @@ def finish_on_device(
         else:
             background = work_refined.new_ones(work_h, work_w)
         probs.append(torch.cat([background[None], work_refined]))
-        work_refined_maps.append(refined)
+        full_refined.append(refined)
     if crf is not None:
         if any(image.work is None for image in images):
             raise ValueError("the CRF needs the images")
@@ -107,7 +107,7 @@ def finish_on_device(
     else:
         scores = probs
     out = []
-    for image, (grid_cam, _), refined, score in zip(images, grid_maps, work_refined_maps, scores):
+    for image, (grid_cam, _), refined, score in zip(images, grid_maps, full_refined, scores):
         mask, confidence = label_map_torch(score, image.lut, mu if crf is not None else None)
         if image.work_size != image.size:
             mask = resize_nearest(mask, *image.size)
