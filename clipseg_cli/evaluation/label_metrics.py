@@ -46,7 +46,7 @@ class ImageLabels:
 
 def read_image_labels(path: Path, class_set: ClassSet) -> ImageLabels:
     """A labels file (JSON, text/CSV, or ``labels.auto.json`` with scores) or a folder of VOC XML."""
-    from clipseg_cli.labeling import resolve_labels
+    from clipseg_cli.data.labels import resolve_labels
 
     path = Path(path)
     index: LabelIndex = read_voc_annotations(path) if path.is_dir() else read_labels_file(path)
