@@ -230,5 +230,10 @@ class CamMethod(LearnedMethod):
     def samples(self) -> int:
         return len(self.keys)
 
+    @property
+    def key_labels(self) -> list[list[int]]:
+        """The labels of ``keys``, in their order (what a method's dataset is built from)."""
+        return [self.image_labels[k] for k in self.keys]
+
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"image_labels": {k: self.image_labels[k] for k in self.keys}, "images": len(self.keys)}

@@ -221,9 +221,8 @@ class Cam(CamMethod):
 
     def batches(self, start: int) -> Iterable[Any]:
         cfg = self.cfg
-        labels = [self.image_labels[k] for k in self.keys]
         resize = (float(cfg.resize_long[0]), float(cfg.resize_long[1]))
-        dataset = CamImages(self.paths, labels, len(cfg.class_names), self.norm, resize, cfg.crop, cfg.seed)
+        dataset = CamImages(self.paths, self.key_labels, len(cfg.class_names), self.norm, resize, cfg.crop, cfg.seed)
         return self.stream(dataset, start)
 
     def schedule(self, iteration: int) -> dict[str, Any]:

@@ -396,8 +396,7 @@ class Clims(CamMethod):
 
     def batches(self, start: int) -> Iterable[Any]:
         cfg = self.cfg
-        labels = [self.image_labels[k] for k in self.keys]
-        dataset = ClimsDataset(self.paths, labels, len(cfg.class_names), self.norm, cfg.scales, cfg.crop, cfg.seed)
+        dataset = ClimsDataset(self.paths, self.key_labels, len(cfg.class_names), self.norm, cfg.scales, cfg.crop, cfg.seed)
         return self.stream(dataset, start)
 
     def schedule(self, iteration: int) -> dict[str, Any]:

@@ -305,8 +305,7 @@ class VitPcm(CamMethod):
 
     def batches(self, start: int) -> Iterable[Any]:
         cfg = self.cfg
-        labels = [self.image_labels[k] for k in self.keys]
-        dataset = ResizedImages(self.paths, labels, len(cfg.class_names), self.norm, cfg.size, cfg.seed, cfg.jitter)
+        dataset = ResizedImages(self.paths, self.key_labels, len(cfg.class_names), self.norm, cfg.size, cfg.seed, cfg.jitter)
         return self.stream(dataset, start)
 
     def schedule(self, iteration: int) -> dict[str, Any]:
